@@ -1,0 +1,134 @@
+"""Client side: register sends, look up messages and their timelines, health."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from receiver import queries
+from receiver.errors import ApiError
+from receiver.jsonio import json_response
+from receiver.keys import INGESTOR, POOL
+from receiver.providers import PROVIDERS
+from receiver.providers.base import Provider, Registration, describe
+from receiver.reports import InvalidReport, Receipt
+
+log = structlog.get_logger()
+
+
+class _RegistrationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    response: Any = Field(description="the provider's send response, verbatim")
+    request: Any | None = None
+    reference: str | None = Field(default=None, max_length=500)
+
+
+def _provider(request: web.Request) -> Provider:
+    provider = PROVIDERS.get(request.match_info["provider"])
+    if provider is None:
+        known = ", ".join(sorted(PROVIDERS))
+        raise ApiError(404, "unknown_provider", f"unknown provider; known: {known}")
+    return provider
+
+
+async def register(request: web.Request) -> web.Response:
+    provider = _provider(request)
+    body = await request.read()
+    try:
+        parsed = _RegistrationBody.model_validate_json(body)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_body", describe(exc)) from exc
+    if parsed.response is None:
+        raise ApiError(400, "invalid_body", "response: the provider's send response is required")
+    registration = Registration(
+        parsed.response, parsed.request, parsed.reference, datetime.now(UTC)
+    )
+    try:
+        updates = provider.parse_registration(registration)
+    except InvalidReport as exc:
+        raise ApiError(400, "invalid_send_response", str(exc)) from exc
+
+    receipt = Receipt(provider.name, "send", body, request.headers.get("Content-Type"))
+    result = await request.app[INGESTOR].submit(receipt, updates)
+    if result.problem:
+        raise ApiError(422, "not_stored", result.problem)
+    keys = sorted({u.message_key for u in updates})
+    async with request.app[POOL].acquire() as conn:
+        rows = await queries.message_summaries(conn, provider.name, keys)
+    log.info("send.registered", provider=provider.name, messages=len(keys))
+    return json_response(
+        {"messages": [_summary(r) for r in rows], "new_events": result.new_events}, status=201
+    )
+
+
+async def get_message(request: web.Request) -> web.Response:
+    provider = _provider(request)
+    async with request.app[POOL].acquire() as conn:
+        row = await queries.find_message(conn, provider.name, request.match_info["id"])
+        if row is None:
+            raise ApiError(404, "message_not_found", "no message with this id")
+        aliases = await queries.message_aliases(conn, provider.name, row["key"])
+        events = await queries.message_events(conn, provider.name, row["key"])
+    return json_response(
+        {
+            **_summary(row),
+            "status_at": row["status_at"],
+            "channel": row["channel"],
+            "recipient": row["recipient"],
+            "reference": row["reference"],
+            "group": row["group_key"],
+            "aliases": aliases,
+            "channel_order": row["channel_order"],
+            "attempts": row["attempts"],
+            "seq": row["seq"],
+            "registered_at": row["registered_at"],
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+            "events": [_event(e) for e in events],
+        }
+    )
+
+
+async def list_unmapped(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn:
+        rows = await queries.list_unmapped(conn)
+    return json_response({"unmapped": [dict(r) for r in rows]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        async with request.app[POOL].acquire(timeout=2) as conn:
+            await conn.fetchval("select 1", timeout=2)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ApiError(503, "not_ready", f"database unreachable: {type(exc).__name__}") from exc
+    return json_response({"status": "ready"})
+
+
+def _summary(row: asyncpg.Record) -> dict[str, Any]:
+    return {"provider": row["provider"], "id": row["key"], "status": row["status"]}
+
+
+def _event(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "provider_status": row["provider_status"],
+        "provider_code": row["provider_code"],
+        "error_code": row["error_code"],
+        "error_text": row["error_text"],
+        "permanent": row["permanent"],
+        "channel": row["channel"],
+        "message_id": row["attempt_id"],
+        "occurred_at": row["occurred_at"],
+        "received_at": row["received_at"],
+        "source": row["source"],
+        "details": row["details"],
+    }

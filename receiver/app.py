@@ -1,0 +1,57 @@
+"""The application factory: the route table, middlewares, and each resource's lifetime."""
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from receiver import api, migrate, webhooks
+from receiver.auth import bearer_middleware
+from receiver.db import open_pool
+from receiver.errors import errors_middleware
+from receiver.ingest import Ingestor
+from receiver.keys import INGESTOR, POOL, SETTINGS
+from receiver.logs import access_log_middleware
+from receiver.settings import Settings
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Pure and synchronous: no I/O here; resources open in the cleanup contexts on startup."""
+    if settings.database_url is None:
+        raise ValueError("create_app needs settings.database_url (start the embedded one first)")
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[access_log_middleware, errors_middleware, bearer_middleware],
+    )
+    app[SETTINGS] = settings
+    app.add_routes(
+        [
+            web.get("/healthz", api.healthz),
+            web.get("/readyz", api.readyz),
+            web.post("/webhooks/{provider}", webhooks.receive),
+            web.post("/v1/messages/{provider}", api.register),
+            web.get("/v1/messages/{provider}/{id}", api.get_message),
+            web.get("/v1/unmapped", api.list_unmapped),
+        ]
+    )
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_ingest)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.database_url is not None
+    async with open_pool(settings.database_url.get_secret_value(), settings.db_pool_size) as pool:
+        async with pool.acquire() as conn:
+            await migrate.apply(conn)
+        app[POOL] = pool
+        yield
+
+
+async def _ingest(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    ingestor = Ingestor(app[POOL], settings.ingest_max_batch, settings.ingest_max_inflight)
+    ingestor.start()
+    app[INGESTOR] = ingestor
+    yield
+    await ingestor.close()

@@ -1,0 +1,33 @@
+"""Bearer tokens for the client API under /v1 (providers authenticate their own way)."""
+
+import hmac
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from receiver.errors import ApiError
+from receiver.keys import SETTINGS
+
+
+@web.middleware
+async def bearer_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # A path prefix rather than a per-handler decorator, so a new /v1 route cannot forget it.
+    if request.path.startswith("/v1/") or request.path == "/v1":
+        tokens = request.app[SETTINGS].api_tokens
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if not tokens:
+            raise ApiError(401, "unauthorized", "no API tokens configured (RECEIVER_API_TOKENS)")
+        if scheme.lower() != "bearer" or not given:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "send Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        # Compare against every token so the time taken says nothing about which one is close.
+        matches = [hmac.compare_digest(t.get_secret_value(), given.strip()) for t in tokens]
+        if not any(matches):
+            raise ApiError(
+                401, "unauthorized", "invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+    return await handler(request)

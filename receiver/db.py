@@ -1,0 +1,56 @@
+"""The connection pool, and which database errors are worth a retry (503) rather than a bug."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, TypeAlias
+
+import asyncpg
+import structlog
+
+# What query functions take: a plain connection or one borrowed from the pool. The classes
+# are generic only in asyncpg-stubs, so the alias is spelled out for the type checker alone.
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+else:
+    Conn = asyncpg.Connection
+
+log = structlog.get_logger()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb columns come back as Python values, not strings.
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+@asynccontextmanager
+async def open_pool(url: str, size: int) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(
+        url, min_size=1, max_size=size, init=_init_connection, command_timeout=30
+    )
+    try:
+        await pool.fetchval("select 1")
+        yield pool
+    finally:
+        await pool.close()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the database, not the request, is at fault: the caller should retry later."""
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncio.TimeoutError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        # Class 57: shutdown, crash recovery, "the database system is starting up".
+        | asyncpg.exceptions.OperatorInterventionError
+        # Class 53: too many connections, out of disk or memory.
+        | asyncpg.exceptions.InsufficientResourcesError
+        # Class 40: deadlock or serialization failure; running again succeeds.
+        | asyncpg.exceptions.TransactionRollbackError,
+    )

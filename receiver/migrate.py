@@ -1,0 +1,74 @@
+"""Forward-only plain-SQL migrations from sql/migrations, applied once under an advisory lock."""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from receiver.db import Conn
+
+log = structlog.get_logger()
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
+# Any constant works; it only has to be the same in every process migrating this database.
+_LOCK_ID = 0x646C725F6D6967  # "dlr_mig"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"no migrations at {directory}: install from a source checkout (pip install -e .)"
+        )
+    found = []
+    for path in sorted(directory.iterdir()):
+        match = _NAME.match(path.name)
+        if match is None:
+            raise ValueError(f"migration file {path.name} is not named NNNN_description.sql")
+        found.append(Migration(int(match[1]), match[2], path.read_text()))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise ValueError(f"migration versions must run 1..n without gaps, found {versions}")
+    return found
+
+
+async def apply(conn: Conn, migrations: list[Migration] | None = None) -> list[int]:
+    """Apply what is missing, each in its own transaction; returns the versions applied."""
+    pending = load() if migrations is None else migrations
+    # A session lock, so two processes starting at once take turns instead of both migrating.
+    await conn.execute("select pg_advisory_lock($1)", _LOCK_ID)
+    try:
+        await conn.execute(
+            """
+            create table if not exists schema_migrations (
+                version integer primary key,
+                name text not null,
+                applied_at timestamptz not null default now()
+            )
+            """
+        )
+        done = {r["version"] for r in await conn.fetch("select version from schema_migrations")}
+        applied = []
+        for migration in pending:
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "insert into schema_migrations (version, name) values ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            log.info("migration.applied", version=migration.version, name=migration.name)
+            applied.append(migration.version)
+        return applied
+    finally:
+        await conn.execute("select pg_advisory_unlock($1)", _LOCK_ID)

@@ -1,0 +1,87 @@
+"""What a provider module offers the service, and the small helpers its parsers share."""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import ValidationError
+
+from receiver.reports import InvalidReport, Parsed, StatusUpdate
+from receiver.settings import Settings
+
+
+class Verification(Enum):
+    OK = "ok"
+    MISSING = "missing"  # the request carries no credentials or signature
+    BAD = "bad"  # it carries them, and they are wrong
+    NOT_CONFIGURED = "not_configured"  # we hold no secret to check against
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A client's `POST /v1/messages/{provider}` body: the send response, verbatim."""
+
+    response: Any
+    request: Any | None
+    reference: str | None
+    received_at: datetime
+
+
+# verify(settings, headers, raw body) -> Verification
+Verifier = Callable[[Settings, Mapping[str, str], bytes], Verification]
+# parse(raw body, content type, arrival time) -> Parsed
+WebhookParser = Callable[[bytes, str | None, datetime], Parsed]
+RegistrationParser = Callable[[Registration], list[StatusUpdate]]
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    parse_registration: RegistrationParser
+    # None for a provider that never pushes (Mercury is only polled).
+    verify: Verifier | None = None
+    parse_webhook: WebhookParser | None = None
+
+
+def as_utc(moment: datetime) -> datetime:
+    # Messente sends zone-less timestamps; its docs do not say, and UTC is what it runs on.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def describe(error: ValidationError) -> str:
+    """A short, safe summary of what is wrong with a payload (no input values echoed)."""
+    parts = []
+    for item in error.errors(include_url=False, include_input=False)[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    more = error.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def invalid(error: ValidationError) -> InvalidReport:
+    return InvalidReport(describe(error))
+
+
+def clean(value: str | None, limit: int = 2000) -> str | None:
+    """Text fit for a Postgres text column: no NUL bytes, bounded length."""
+    if value is None:
+        return None
+    return value.replace("\x00", "")[:limit]
+
+
+def clean_json(value: Any) -> Any:
+    """A JSON value with NUL characters removed, which jsonb refuses."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [clean_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k).replace("\x00", ""): clean_json(v) for k, v in value.items()}
+    return value
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    return value.strip() if value else None

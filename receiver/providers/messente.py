@@ -1,0 +1,181 @@
+"""Messente Omnichannel API: signed delivery reports, omnimessage registration, status codes."""
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from receiver.providers.base import (
+    Provider,
+    Registration,
+    Verification,
+    as_utc,
+    clean,
+    clean_json,
+    header,
+    invalid,
+)
+from receiver.reports import Parsed, StatusUpdate
+from receiver.settings import Settings
+from receiver.status import Status
+
+NAME = "messente"
+
+# Messente DLR `status` values (SDK enum `Status`). Compared upper-cased.
+STATUS_MAP: dict[str, Status] = {
+    "ACK": Status.SENT,  # operator accepted it for delivery
+    "ACCEPTD": Status.SENT,  # sitting in the operator's delivery queue
+    "DELIVRD": Status.DELIVERED,
+    "SEEN": Status.READ,  # OTT channels only (err 10)
+    "UNDELIV": Status.FAILED,
+    "FAILED": Status.FAILED,
+    # In the SDK enum but not the docs table: SMPP's "deleted", a final failure.
+    "DELETED": Status.FAILED,
+    "REJECTD": Status.REJECTED,
+    "NACK": Status.REJECTED,
+    "EXPIRED": Status.EXPIRED,
+    # The operator itself reported an unknown outcome: a known value that means "unknown".
+    "UNKNOWN": Status.UNKNOWN,
+}
+
+
+class _DeliveryResult(BaseModel):
+    """One DLR body (the SDK's DeliveryResult plus `to` and `omnimessage_id`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    omnimessage_id: str = Field(min_length=1, max_length=200)
+    message_id: str | None = Field(default=None, min_length=1, max_length=200)
+    # Null while Messente is still processing.
+    status: str | None = Field(default=None, max_length=100)
+    channel: str | None = Field(default=None, max_length=50)
+    to: str | None = None
+    sender: str | None = None
+    # 0-10 machine codes, 999 the temporary error; null when not processed yet.
+    err: int | None = None
+    error: str | None = None
+    timestamp: datetime | None = None
+    price_info: dict[str, Any] | None = None
+
+
+def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verification:
+    """X-Messente-Signature: hex HMAC-SHA256 of the raw body, keyed with the API password."""
+    if settings.messente_api_password is None:
+        return Verification.NOT_CONFIGURED
+    given = header(headers, "X-Messente-Signature")
+    if not given:
+        return Verification.MISSING
+    key = settings.messente_api_password.get_secret_value().encode()
+    expected = hmac.new(key, body, hashlib.sha256).hexdigest()
+    return Verification.OK if hmac.compare_digest(expected, given.lower()) else Verification.BAD
+
+
+def sign(password: str, body: bytes) -> str:
+    """The signature Messente would send; for tests, tools and the README's curl example."""
+    return hmac.new(password.encode(), body, hashlib.sha256).hexdigest()
+
+
+def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) -> Parsed:
+    try:
+        report = _DeliveryResult.model_validate_json(body)
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+    return Parsed([report_to_update(report)])
+
+
+def report_to_update(report: _DeliveryResult) -> StatusUpdate:
+    """One DeliveryResult, pushed or polled, as an update. Both give the same dedup key."""
+    raw_status = report.status.strip().upper() if report.status else None
+    if raw_status is None:
+        status, unmapped = Status.ACCEPTED, False
+    elif raw_status in STATUS_MAP:
+        status, unmapped = STATUS_MAP[raw_status], False
+    else:
+        status, unmapped = Status.UNKNOWN, True
+    occurred_at = as_utc(report.timestamp) if report.timestamp else None
+    stamp = occurred_at.isoformat() if occurred_at else f"err={report.err}"
+    channel = report.channel.strip().lower() if report.channel else None
+    return StatusUpdate(
+        provider=NAME,
+        message_key=report.omnimessage_id,
+        status=status,
+        dedup_key=f"{report.message_id or channel}|{raw_status}|{stamp}",
+        provider_status=clean(report.status, 100),
+        channel=channel,
+        attempt_id=report.message_id,
+        occurred_at=occurred_at,
+        provider_code=None if report.err is None else str(report.err),
+        error_code=None if report.err in (None, 0) else str(report.err),
+        error_text=clean(report.error),
+        # 999 is the one code Messente documents as temporary.
+        permanent=None if report.err in (None, 0, 10) else report.err != 999,
+        unmapped=unmapped,
+        aliases=(report.message_id,) if report.message_id else (),
+        details=clean_json(report.model_dump(mode="json", exclude_none=True)),
+        recipient=clean(report.to, 100),
+    )
+
+
+class _SentMessage(BaseModel):
+    channel: str = Field(min_length=1, max_length=50)
+    message_id: str = Field(min_length=1, max_length=200)
+    sender: str | None = None
+
+
+class _SendResponse(BaseModel):
+    """`POST /v1/omnimessage` 201 body."""
+
+    messages: list[_SentMessage] = Field(min_length=1)
+    omnimessage_id: str = Field(min_length=1, max_length=200)
+    to: str | None = None
+
+
+class _RequestMessage(BaseModel):
+    channel: str = Field(default="sms", max_length=50)
+
+
+class _SendRequest(BaseModel):
+    """The omnimessage as sent: its `messages` list is the fallback order."""
+
+    to: str | None = None
+    messages: list[_RequestMessage] = Field(default_factory=list)
+
+
+def parse_registration(registration: Registration) -> list[StatusUpdate]:
+    try:
+        response = _SendResponse.model_validate(registration.response)
+        request = (
+            _SendRequest.model_validate(registration.request)
+            if registration.request is not None
+            else None
+        )
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+    order = tuple(m.channel.lower() for m in request.messages) if request else None
+    recipient = response.to or (request.to if request else None)
+    return [
+        StatusUpdate(
+            provider=NAME,
+            message_key=response.omnimessage_id,
+            status=Status.ACCEPTED,
+            dedup_key=f"send|{sent.message_id}",
+            channel=sent.channel.lower(),
+            attempt_id=sent.message_id,
+            occurred_at=registration.received_at,
+            aliases=(sent.message_id,),
+            details=clean_json(sent.model_dump(mode="json", exclude_none=True)),
+            recipient=clean(recipient, 100),
+            reference=clean(registration.reference, 500),
+            channel_order=order or None,
+            registered=True,
+        )
+        for sent in response.messages
+    ]
+
+
+PROVIDER = Provider(
+    name=NAME, parse_registration=parse_registration, verify=verify, parse_webhook=parse_webhook
+)

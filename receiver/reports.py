@@ -1,0 +1,69 @@
+"""What every source hands to ingest: raw receipts and the status updates parsed from them."""
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from receiver.status import Status
+
+Source = Literal["webhook", "poll", "send"]
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """One report about one message (or one channel attempt of it), in the shared vocabulary.
+
+    `message_key` is the provider's id of the logical message (Messente omnimessage_id, Infobip
+    messageId, Comapi messageId, Mercury `{dispatch}:{uniqueId}`); `aliases` are other provider
+    ids that find it (Messente channel message_ids). `dedup_key` makes a repeated report (retry,
+    or pushed and polled) collapse into one event.
+    """
+
+    provider: str
+    message_key: str
+    status: Status
+    dedup_key: str
+    provider_status: str | None = None
+    channel: str | None = None
+    attempt_id: str | None = None
+    occurred_at: datetime | None = None
+    provider_code: str | None = None
+    error_code: str | None = None
+    error_text: str | None = None
+    permanent: bool | None = None
+    # The provider said something we cannot map: stored as `unknown` and counted.
+    unmapped: bool = False
+    aliases: tuple[str, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+    # Facts about the message rather than the event, known from a send registration or a report.
+    recipient: str | None = None
+    group_key: str | None = None
+    reference: str | None = None
+    channel_order: tuple[str, ...] | None = None
+    registered: bool = False
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A request body exactly as it arrived, kept so a mapping fix can be replayed on history."""
+
+    provider: str
+    source: Source
+    body: bytes
+    content_type: str | None = None
+    problem: str | None = None
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A parser's answer: the updates it read, and what it could not read (kept on the receipt)."""
+
+    updates: list[StatusUpdate]
+    problems: list[str] = field(default_factory=list)
+
+
+class InvalidReport(ValueError):  # noqa: N818 - reads better than InvalidReportError
+    """The body cannot be read as this provider's report at all."""

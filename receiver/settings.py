@@ -1,0 +1,71 @@
+"""The service's configuration: one frozen object read from RECEIVER_* environment variables."""
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROVIDER_NAMES = ("messente", "infobip", "comapi", "mercury")
+
+
+def _split_commas(value: object) -> object:
+    # Lists arrive as "a,b,c" in the environment; pydantic-settings would want JSON.
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECEIVER_", frozen=True, extra="ignore")
+
+    database_url: SecretStr | None = None
+    data_dir: Path = Path("receiver-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    log_level: str = "info"
+
+    messente_api_username: str | None = None
+    messente_api_password: SecretStr | None = None
+    infobip_api_key: SecretStr | None = None
+    infobip_webhook_username: str | None = None
+    infobip_webhook_password: SecretStr | None = None
+    comapi_webhook_secret: SecretStr | None = None
+    comapi_api_username: str | None = None
+    comapi_api_password: SecretStr | None = None
+    mercury_username: str | None = None
+    mercury_password: SecretStr | None = None
+
+    messente_base_url: str = "https://api.messente.com"
+    infobip_base_url: str = "https://api.infobip.com"
+    comapi_base_url: str = "https://r1-api.dotdigital.com"
+    # Mercury publishes no public API host: each customer gets their own.
+    mercury_base_url: str | None = None
+
+    poll_min_interval: float = 30.0
+    infobip_poll_interval: float = 10.0
+    forward_allow_networks: Annotated[tuple[str, ...], NoDecode] = ()
+    insecure_webhooks: Annotated[tuple[str, ...], NoDecode] = ()
+
+    # Largest request body accepted, in bytes. Infobip's default bucket of 100 reports is far
+    # below this; the limit exists so a hostile client cannot make us buffer arbitrary amounts.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # Group commit: at most this many status updates go into one transaction, and at most this
+    # many transactions run at once. Reports arriving meanwhile wait for the next batch.
+    ingest_max_batch: int = Field(default=2000, gt=0)
+    ingest_max_inflight: int = Field(default=2, gt=0)
+    db_pool_size: int = Field(default=10, gt=1)
+
+    @field_validator("api_tokens", "forward_allow_networks", "insecure_webhooks", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("insecure_webhooks")
+    @classmethod
+    def _known_providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(PROVIDER_NAMES))
+        if unknown:
+            raise ValueError(f"unknown providers {unknown}; known: {list(PROVIDER_NAMES)}")
+        return value

@@ -1,0 +1,76 @@
+"""Provider side: `POST /webhooks/{provider}`. Verify the raw bytes, parse, ingest, answer."""
+
+from datetime import UTC, datetime
+
+import structlog
+from aiohttp import hdrs, web
+
+from receiver.errors import ApiError
+from receiver.jsonio import json_response
+from receiver.keys import INGESTOR, SETTINGS
+from receiver.providers import PROVIDERS
+from receiver.providers.base import Provider, Verification
+from receiver.reports import InvalidReport, Receipt
+
+log = structlog.get_logger()
+
+
+def _pushing_provider(request: web.Request) -> Provider:
+    provider = PROVIDERS.get(request.match_info["provider"])
+    if provider is None or provider.parse_webhook is None or provider.verify is None:
+        raise ApiError(404, "unknown_provider", "no webhook for this provider")
+    return provider
+
+
+async def receive(request: web.Request) -> web.Response:
+    provider = _pushing_provider(request)
+    assert provider.verify is not None
+    assert provider.parse_webhook is not None
+    settings = request.app[SETTINGS]
+    body = await request.read()
+
+    verdict = provider.verify(settings, request.headers, body)
+    if verdict is Verification.NOT_CONFIGURED and provider.name not in settings.insecure_webhooks:
+        log.warning("webhook.not_configured", provider=provider.name)
+        raise ApiError(
+            401,
+            "webhook_not_configured",
+            f"no verification secret is configured for {provider.name}",
+        )
+    if verdict in (Verification.MISSING, Verification.BAD):
+        log.warning("webhook.unverified", provider=provider.name, verdict=verdict.value)
+        raise ApiError(401, "invalid_signature", f"signature {verdict.value}")
+
+    content_type = request.headers.get(hdrs.CONTENT_TYPE)
+    ingestor = request.app[INGESTOR]
+    try:
+        parsed = provider.parse_webhook(body, content_type, datetime.now(UTC))
+    except InvalidReport as exc:
+        # Authenticated but unreadable: keep the raw body, so a parser fix can still recover it.
+        receipt = Receipt(provider.name, "webhook", body, content_type, problem=str(exc))
+        await ingestor.submit(receipt, [])
+        log.warning("webhook.invalid", provider=provider.name, problem=str(exc))
+        raise ApiError(
+            400, "invalid_report", str(exc), extra={"receipt_id": str(receipt.id)}
+        ) from exc
+
+    problems = "; ".join(parsed.problems) or None
+    receipt = Receipt(provider.name, "webhook", body, content_type, problem=problems)
+    result = await ingestor.submit(receipt, parsed.updates)
+    log.info(
+        "webhook.accepted",
+        provider=provider.name,
+        reports=len(parsed.updates),
+        new=result.new_events,
+        duplicates=result.duplicates,
+        problems=len(parsed.problems),
+    )
+    return json_response(
+        {
+            "receipt_id": str(receipt.id),
+            "reports": len(parsed.updates),
+            "new_events": result.new_events,
+            "duplicates": result.duplicates,
+            "problems": parsed.problems + ([result.problem] if result.problem else []),
+        }
+    )

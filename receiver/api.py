@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from receiver import queries
+from receiver.db import connection, is_transient
 from receiver.errors import ApiError
 from receiver.jsonio import json_response
 from receiver.keys import INGESTOR, POOL
@@ -57,7 +58,7 @@ async def register(request: web.Request) -> web.Response:
     if result.problem:
         raise ApiError(422, "not_stored", result.problem)
     keys = sorted({u.message_key for u in updates})
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request.app[POOL]) as conn:
         rows = await queries.message_summaries(conn, provider.name, keys)
     log.info("send.registered", provider=provider.name, messages=len(keys))
     return json_response(
@@ -67,7 +68,7 @@ async def register(request: web.Request) -> web.Response:
 
 async def get_message(request: web.Request) -> web.Response:
     provider = _provider(request)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request.app[POOL]) as conn:
         row = await queries.find_message(conn, provider.name, request.match_info["id"])
         if row is None:
             raise ApiError(404, "message_not_found", "no message with this id")
@@ -94,7 +95,7 @@ async def get_message(request: web.Request) -> web.Response:
 
 
 async def list_unmapped(request: web.Request) -> web.Response:
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request.app[POOL]) as conn:
         rows = await queries.list_unmapped(conn)
     return json_response({"unmapped": [dict(r) for r in rows]})
 
@@ -105,10 +106,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     try:
-        async with request.app[POOL].acquire(timeout=2) as conn:
+        async with connection(request.app[POOL]) as conn:
             await conn.fetchval("select 1", timeout=2)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise ApiError(503, "not_ready", f"database unreachable: {type(exc).__name__}") from exc
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise ApiError(503, "not_ready", "database unreachable") from exc
     return json_response({"status": "ready"})
 
 

@@ -38,11 +38,29 @@ async def open_pool(url: str, size: int) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
+class DatabaseUnavailable(Exception):  # noqa: N818 - a state, not a coding error
+    """No connection could be had: whatever Postgres said, the request itself is not at fault."""
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+    """Borrow a connection; failing to get one (refused, not accepting, auth) is an outage."""
+    try:
+        conn = await pool.acquire(timeout=10)
+    except Exception as exc:
+        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when the database, not the request, is at fault: the caller should retry later."""
     return isinstance(
         exc,
-        OSError
+        DatabaseUnavailable
+        | OSError
         | TimeoutError
         | asyncio.TimeoutError
         | asyncpg.PostgresConnectionError

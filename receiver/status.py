@@ -104,7 +104,9 @@ def compose(observations: Iterable[Observation], channel_order: Sequence[str] = 
         # Registered order first; channels outside it by when they were first seen.
         if channel in channel_order:
             return (0, channel_order.index(channel), _EPOCH, channel)
-        first = min((o.occurred_at or _EPOCH) for o in by_channel[channel])
+        # `unknown` reports do not count as seeing the channel (rule 3 ignores them too).
+        known = [o for o in by_channel[channel] if o.status is not Status.UNKNOWN]
+        first = min((o.occurred_at or _EPOCH) for o in known or by_channel[channel])
         return (1, 0, first, channel)
 
     attempts = []
@@ -120,9 +122,14 @@ def compose(observations: Iterable[Observation], channel_order: Sequence[str] = 
     return Outcome(deciding.status, deciding.occurred_at, deciding.channel, tuple(attempts))
 
 
-def _compose_attempts(attempts: list[Attempt], channel_order: Sequence[str]) -> Observation | None:
+def _compose_attempts(
+    all_attempts: list[Attempt], channel_order: Sequence[str]
+) -> Observation | None:
+    # An attempt we only have `unknown` reports for tells us nothing: it neither keeps the
+    # message open nor closes it (rule 3, applied across channels).
+    attempts = [a for a in all_attempts if a.status is not Status.UNKNOWN]
     if not attempts:
-        return None
+        return Observation(Status.UNKNOWN) if all_attempts else None
     reached = [a for a in attempts if a.status in REACHED]
     if reached:
         best = max(

@@ -1,0 +1,114 @@
+"""Shared fixtures: a real Postgres (RECEIVER_TEST_DATABASE_URL, else embedded), a fresh
+database per test cloned from a migrated template, and the app behind a real HTTP client."""
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
+
+from receiver import migrate
+from receiver.app import create_app
+from receiver.embedded import embedded_postgres
+from receiver.settings import Settings
+
+API_TOKEN = "test-token"
+MESSENTE_PASSWORD = "messente-api-password"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+AiohttpClient = Callable[..., Any]
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Postgres server the tests use: the given one, or an embedded one started here."""
+    given = os.environ.get("RECEIVER_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    with embedded_postgres(tmp_path_factory.mktemp("pg")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def template_name(server_url: str) -> Iterator[str]:
+    name = f"dlr_template_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'create database "{name}"')
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(with_database(server_url, name))
+        try:
+            await migrate.apply(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(_drop(server_url, name))
+
+
+async def _drop(server_url: str, name: str) -> None:
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def database_url(server_url: str, template_name: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"dlr_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'create database "{name}" template "{template_name}"')
+    finally:
+        await admin.close()
+    yield with_database(server_url, name)
+    await _drop(server_url, name)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection for assertions on what was stored."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": SecretStr(database_url),
+        "api_tokens": (SecretStr(API_TOKEN),),
+        "messente_api_password": SecretStr(MESSENTE_PASSWORD),
+        "data_dir": Path("unused"),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+async def client(aiohttp_client: AiohttpClient, settings: Settings) -> TestClient[Any, Any]:
+    result: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+    return result

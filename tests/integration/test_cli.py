@@ -1,0 +1,127 @@
+"""The command line as a user runs it: `serve` on the embedded default, `migrate` on a URL."""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from receiver import migrate
+from receiver.providers import messente
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[str]:
+    """`python -m receiver serve` with no database URL: it must bring its own Postgres."""
+    port = free_port()
+    env = clean_env(
+        RECEIVER_DATA_DIR=str(tmp_path / "data"),
+        RECEIVER_PORT=str(port),
+        RECEIVER_API_TOKENS="cli-token",
+        RECEIVER_MESSENTE_API_PASSWORD="cli-password",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "receiver", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=1) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("serve did not become ready")
+        yield base
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, output.decode(errors="replace")[-2000:]
+
+
+def test_serve_on_embedded_postgres_takes_a_signed_report_and_returns_its_timeline(
+    served: str, tmp_path: Path
+) -> None:
+    body = json.dumps(
+        {
+            "omnimessage_id": "omni-cli",
+            "message_id": "sms-cli",
+            "channel": "sms",
+            "status": "DELIVRD",
+            "timestamp": "2024-05-02T10:00:00",
+        }
+    ).encode()
+    post = urllib.request.Request(  # noqa: S310 - a fixed local URL
+        f"{served}/webhooks/messente",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Messente-Signature": messente.sign("cli-password", body),
+        },
+    )
+    with urllib.request.urlopen(post, timeout=10) as resp:  # noqa: S310
+        assert resp.status == 200
+    get = urllib.request.Request(  # noqa: S310
+        f"{served}/v1/messages/messente/sms-cli", headers={"Authorization": "Bearer cli-token"}
+    )
+    with urllib.request.urlopen(get, timeout=10) as resp:  # noqa: S310
+        message = json.load(resp)
+    assert message["status"] == "delivered"
+    assert message["events"][0]["provider_status"] == "DELIVRD"
+    # The data lives where RECEIVER_DATA_DIR says.
+    assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
+
+
+async def test_migrate_command_applies_every_migration_once(
+    server_url: str, database_url: str
+) -> None:
+    # database_url is already migrated; a second run must apply nothing and exit 0.
+    env = clean_env(RECEIVER_DATABASE_URL=database_url)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "receiver", "migrate", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert '"applied": []' in out.decode()
+
+
+async def test_concurrent_migrations_apply_each_version_once(database_url: str) -> None:
+    conns = [await asyncpg.connect(database_url) for _ in range(3)]
+    try:
+        # Start from an empty schema, then let three processes race to migrate it.
+        await conns[0].execute("drop schema public cascade; create schema public")
+        results = await asyncio.gather(*(migrate.apply(c) for c in conns))
+        versions = sorted(v for applied in results for v in applied)
+        assert versions == [m.version for m in migrate.load()]
+        rows = await conns[0].fetch("select version from schema_migrations order by version")
+        assert [r["version"] for r in rows] == versions
+    finally:
+        for conn in conns:
+            await conn.close()

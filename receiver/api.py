@@ -1,7 +1,10 @@
 """Client side: register sends, look up messages and their timelines, health."""
 
+import base64
+import binascii
+import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -11,13 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from receiver import queries
 from receiver.db import connection, is_transient
 from receiver.errors import ApiError
-from receiver.jsonio import json_response
+from receiver.jsonio import dumps, json_response
 from receiver.keys import INGESTOR, POOL
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Provider, Registration, describe
 from receiver.reports import InvalidReport, Receipt
+from receiver.status import Status
 
 log = structlog.get_logger()
+
+_Q = TypeVar("_Q", bound=BaseModel)
 
 
 class _RegistrationBody(BaseModel):
@@ -134,4 +140,113 @@ def _event(row: asyncpg.Record) -> dict[str, Any]:
         "received_at": row["received_at"],
         "source": row["source"],
         "details": row["details"],
+    }
+
+
+class _SearchQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipient: str | None = Field(default=None, max_length=200)
+    status: str | None = None
+    provider: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    cursor: str | None = Field(default=None, max_length=1000)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+def _encode_cursor(value: list[Any]) -> str:
+    return base64.urlsafe_b64encode(dumps(value).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error) as exc:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+
+
+def _query(request: web.Request, model: type[_Q]) -> _Q:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_query", describe(exc)) from exc
+
+
+async def search_messages(request: web.Request) -> web.Response:
+    query = _query(request, _SearchQuery)
+    statuses = None
+    if query.status:
+        statuses = [s.strip() for s in query.status.split(",") if s.strip()]
+        unknown = [s for s in statuses if s not in {m.value for m in Status}]
+        if unknown:
+            raise ApiError(400, "invalid_query", f"unknown status {unknown[0]!r}")
+    if query.provider is not None and query.provider not in PROVIDERS:
+        raise ApiError(400, "invalid_query", f"unknown provider {query.provider!r}")
+    after = None
+    if query.cursor:
+        decoded = _decode_cursor(query.cursor)
+        try:
+            created, provider, key = decoded
+            after = (datetime.fromisoformat(created), str(provider), str(key))
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    async with connection(request.app[POOL]) as conn:
+        rows = await queries.search_messages(
+            conn,
+            recipient=query.recipient,
+            statuses=statuses,
+            provider=query.provider,
+            since=query.since,
+            until=query.until,
+            after=after,
+            limit=query.limit,
+        )
+    next_cursor = None
+    if len(rows) == query.limit:
+        last = rows[-1]
+        next_cursor = _encode_cursor([last["created_at"], last["provider"], last["key"]])
+    return json_response({"messages": [_listed(r) for r in rows], "next_cursor": next_cursor})
+
+
+class _GroupQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cursor: str | None = Field(default=None, max_length=1000)
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+async def get_group(request: web.Request) -> web.Response:
+    provider = _provider(request)
+    group = request.match_info["id"]
+    query = _query(request, _GroupQuery)
+    after = str(_decode_cursor(query.cursor)) if query.cursor else None
+    async with connection(request.app[POOL]) as conn:
+        counts = await queries.group_counts(conn, provider.name, group)
+        if not counts:
+            raise ApiError(404, "group_not_found", "no messages in this group")
+        rows = await queries.group_members(conn, provider.name, group, after, query.limit)
+    next_cursor = _encode_cursor(rows[-1]["key"]) if len(rows) == query.limit else None
+    return json_response(
+        {
+            "provider": provider.name,
+            "id": group,
+            "total": sum(counts.values()),
+            "counts": counts,
+            "members": [_listed(r) for r in rows],
+            "next_cursor": next_cursor,
+        }
+    )
+
+
+def _listed(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        **_summary(row),
+        "status_at": row["status_at"],
+        "channel": row["channel"],
+        "recipient": row["recipient"],
+        "reference": row["reference"],
+        "group": row["group_key"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
     }

@@ -29,7 +29,9 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/readyz", api.readyz),
             web.post("/webhooks/{provider}", webhooks.receive),
             web.post("/v1/messages/{provider}", api.register),
+            web.get("/v1/messages", api.search_messages),
             web.get("/v1/messages/{provider}/{id}", api.get_message),
+            web.get("/v1/groups/{provider}/{id}", api.get_group),
             web.get("/v1/unmapped", api.list_unmapped),
         ]
     )

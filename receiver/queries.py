@@ -1,6 +1,7 @@
 """All SQL, as functions that take a connection so the caller owns the transaction."""
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -46,7 +47,10 @@ async def upsert_messages(conn: Conn, rows: Sequence[dict[str, Any]]) -> list[as
         on conflict (provider, key) do update set
             recipient = coalesce(m.recipient, excluded.recipient),
             group_key = coalesce(m.group_key, excluded.group_key),
-            reference = coalesce(excluded.reference, m.reference),
+            -- A registered reference outranks one a report carried (Infobip callbackData).
+            reference = case when excluded.registered_at is not null
+                             then coalesce(excluded.reference, m.reference)
+                             else coalesce(m.reference, excluded.reference) end,
             channel_order = coalesce(excluded.channel_order, m.channel_order),
             registered_at = coalesce(m.registered_at, excluded.registered_at),
             updated_at = now()
@@ -221,4 +225,74 @@ async def message_summaries(conn: Conn, provider: str, keys: Sequence[str]) -> l
         """,
         provider,
         keys,
+    )
+
+
+async def search_messages(
+    conn: Conn,
+    *,
+    recipient: str | None,
+    statuses: Sequence[str] | None,
+    provider: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    after: tuple[datetime, str, str] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Newest first; `after` is the (created_at, provider, key) of the last row already seen."""
+    return await conn.fetch(
+        """
+        select provider, key, status, status_at, channel, recipient, reference, group_key,
+               created_at, updated_at
+        from messages
+        where ($1::text is null or recipient = $1)
+          and ($2::text[] is null or status = any($2::text[]))
+          and ($3::text is null or provider = $3)
+          and ($4::timestamptz is null or created_at >= $4)
+          and ($5::timestamptz is null or created_at < $5)
+          and ($6::timestamptz is null or (created_at, provider, key) < ($6, $7, $8))
+        order by created_at desc, provider desc, key desc
+        limit $9
+        """,
+        recipient,
+        statuses,
+        provider,
+        since,
+        until,
+        after[0] if after else None,
+        after[1] if after else None,
+        after[2] if after else None,
+        limit,
+    )
+
+
+async def group_counts(conn: Conn, provider: str, group: str) -> dict[str, int]:
+    rows = await conn.fetch(
+        """
+        select status, count(*) as n from messages
+        where provider = $1 and group_key = $2
+        group by status order by status
+        """,
+        provider,
+        group,
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def group_members(
+    conn: Conn, provider: str, group: str, after: str | None, limit: int
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """
+        select provider, key, status, status_at, channel, recipient, reference, group_key,
+               created_at, updated_at
+        from messages
+        where provider = $1 and group_key = $2 and ($3::text is null or key > $3)
+        order by key
+        limit $4
+        """,
+        provider,
+        group,
+        after,
+        limit,
     )

@@ -116,6 +116,8 @@ def report_to_update(report: _DeliveryResult) -> StatusUpdate:
         aliases=(report.message_id,) if report.message_id else (),
         details=clean_json(report.model_dump(mode="json", exclude_none=True)),
         recipient=clean(report.to, 100),
+        # The omnimessage is the group of its channel messages.
+        group_key=report.omnimessage_id,
     )
 
 
@@ -168,6 +170,7 @@ def parse_registration(registration: Registration) -> list[StatusUpdate]:
             aliases=(sent.message_id,),
             details=clean_json(sent.model_dump(mode="json", exclude_none=True)),
             recipient=clean(recipient, 100),
+            group_key=response.omnimessage_id,
             reference=clean(registration.reference, 500),
             channel_order=order or None,
             registered=True,

@@ -41,10 +41,11 @@ create table messages (
     updated_at timestamptz not null default now(),
     primary key (provider, key)
 );
-create index messages_recipient_idx on messages (recipient, created_at desc, provider, key);
-create index messages_status_idx on messages (status, created_at desc, provider, key);
-create index messages_created_idx on messages (created_at desc, provider, key);
-create index messages_group_idx on messages (provider, group_key) where group_key is not null;
+-- Search is keyset-paginated newest first on (created_at, provider, key), all descending.
+create index messages_recipient_idx on messages (recipient, created_at desc, provider desc, key desc);
+create index messages_status_idx on messages (status, created_at desc, provider desc, key desc);
+create index messages_created_idx on messages (created_at desc, provider desc, key desc);
+create index messages_group_idx on messages (provider, group_key, key) where group_key is not null;
 
 -- Every provider id that finds a message besides its key (Messente channel message_ids).
 create table aliases (

@@ -1,0 +1,285 @@
+"""Comapi / dotdigital Enterprise Communications API: signed webhook envelopes (single or batch),
+per-channel statuses, single and batch send registration."""
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from receiver.providers.base import (
+    Provider,
+    Registration,
+    Verification,
+    as_utc,
+    clean,
+    clean_json,
+    describe,
+    header,
+    invalid,
+)
+from receiver.reports import InvalidReport, Parsed, StatusUpdate
+from receiver.settings import Settings
+from receiver.status import Status
+
+NAME = "comapi"
+
+# Message (and channelStatus) statuses of the Omnichannel API 1.3.1 schema.
+STATUSES: dict[str, Status] = {
+    "processing": Status.ACCEPTED,
+    "retrying": Status.ACCEPTED,  # Comapi is still trying to hand it over
+    "sent": Status.SENT,
+    "delivered": Status.DELIVERED,
+    "read": Status.READ,
+    "expired": Status.EXPIRED,
+    "failed": Status.FAILED,
+    # Stopped by a rule or filter before any channel took it.
+    "filtered": Status.REJECTED,
+}
+# Webhook event names that carry a status. Other message.* events (sentRequest, clicks, …) are
+# kept on the timeline as `unknown`, which never moves a status.
+EVENTS: dict[str, Status] = {
+    "message.sent": Status.SENT,
+    "message.delivered": Status.DELIVERED,
+    "message.read": Status.READ,
+    "message.expired": Status.EXPIRED,
+    "message.failed": Status.FAILED,
+}
+
+
+class _ChannelStatus(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: str = Field(max_length=100)
+    details: dict[str, Any] | None = None
+    updatedOn: datetime | None = None  # noqa: N815 - Comapi's field names
+
+
+class _Details(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    channel: str | None = Field(default=None, max_length=100)
+    additionalInfo: dict[str, Any] | None = None  # noqa: N815
+    channelStatus: dict[str, _ChannelStatus] = Field(default_factory=dict)  # noqa: N815
+
+
+class _MessagePayload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=200)
+    details: _Details = Field(default_factory=_Details)
+    metadata: dict[str, Any] | None = None
+    updatedOn: datetime | None = None  # noqa: N815
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    eventId: str = Field(min_length=1, max_length=200)  # noqa: N815
+    name: str = Field(min_length=1, max_length=200)
+    payload: dict[str, Any]
+    accountId: int | None = None  # noqa: N815
+    apiSpaceId: str | None = None  # noqa: N815
+    revision: int | None = None
+    etag: str | None = None
+    timestamp: datetime | None = None
+
+
+def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verification:
+    """X-Comapi-Signature: lowercase hex HMAC-SHA1 of the raw body with the webhook secret."""
+    if settings.comapi_webhook_secret is None:
+        return Verification.NOT_CONFIGURED
+    given = header(headers, "X-Comapi-Signature")
+    if not given:
+        return Verification.MISSING
+    key = settings.comapi_webhook_secret.get_secret_value().encode()
+    expected = hmac.new(key, body, hashlib.sha1).hexdigest()
+    return Verification.OK if hmac.compare_digest(expected, given.lower()) else Verification.BAD
+
+
+def sign(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+
+
+def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) -> Parsed:
+    # Comapi never retries a 400 and then drops the event. So 400 only for bytes that are not
+    # JSON at all; JSON of a shape we cannot read yet is acknowledged and kept raw instead.
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidReport(f"body is not JSON: {exc}") from exc
+    envelopes = document if isinstance(document, list) else [document]
+    updates: list[StatusUpdate] = []
+    problems: list[str] = []
+    for index, item in enumerate(envelopes):
+        where = f"[{index}]" if isinstance(document, list) else "body"
+        try:
+            envelope = _Envelope.model_validate(item)
+            if envelope.name.startswith("message.") or "id" in envelope.payload:
+                updates.extend(envelope_updates(envelope))
+            # Other families (profile.*, chat.*) carry no message status: the receipt keeps them.
+        except ValidationError as exc:
+            problems.append(f"{where}: {describe(exc)}")
+    return Parsed(updates, problems)
+
+
+def envelope_updates(envelope: _Envelope) -> list[StatusUpdate]:
+    payload = _MessagePayload.model_validate(envelope.payload)
+    details = payload.details
+    channel = details.channel.strip() if details.channel else None
+    info = details.additionalInfo or {}
+    common: dict[str, Any] = {
+        "provider": NAME,
+        "message_key": payload.id,
+        "recipient": clean(str(info["to"]), 200) if info.get("to") else None,
+    }
+    occurred = envelope.timestamp or payload.updatedOn
+    status = EVENTS.get(envelope.name, Status.UNKNOWN)
+    reason = info.get("reason") or info.get("failureReason")
+    updates = [
+        StatusUpdate(
+            **common,
+            status=status,
+            # eventId is unique per event: a retried delivery of it is one event.
+            dedup_key=f"event|{envelope.eventId}",
+            provider_status=clean(envelope.name, 100),
+            provider_code=None if envelope.revision is None else f"revision {envelope.revision}",
+            channel=channel,
+            occurred_at=as_utc(occurred) if occurred else None,
+            error_text=clean(str(reason)) if reason and status is Status.FAILED else None,
+            details=clean_json(envelope.model_dump(mode="json", exclude_none=True)),
+        )
+    ]
+    # Branch failover: channelStatus holds every channel tried so far. The current channel is the
+    # envelope's own event; the others become attempt events of their own, so a failed
+    # fbMessenger shows as such beside a delivered sms.
+    for name, state in details.channelStatus.items():
+        if name == channel:
+            continue
+        mapped = STATUSES.get(state.status.lower())
+        at = as_utc(state.updatedOn) if state.updatedOn else None
+        updates.append(
+            StatusUpdate(
+                **common,
+                status=mapped or Status.UNKNOWN,
+                dedup_key=f"channel|{name}|{state.status}|{at.isoformat() if at else '-'}",
+                provider_status=clean(state.status, 100),
+                channel=name,
+                occurred_at=at,
+                unmapped=mapped is None,
+                details=clean_json(state.model_dump(mode="json", exclude_none=True)),
+            )
+        )
+    return updates
+
+
+class _To(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    phoneNumber: str | None = None  # noqa: N815
+    email: str | None = None
+    profileId: str | None = None  # noqa: N815
+
+
+class _SingleResponse(BaseModel):
+    """201 body of `POST /cpaas/messages`: the Message."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messageId: str = Field(min_length=1, max_length=200)  # noqa: N815
+    status: str | None = Field(default=None, max_length=100)
+    statusDetails: dict[str, Any] | None = None  # noqa: N815
+    to: _To | None = None
+    rules: list[str] | None = None
+    sentOn: datetime | None = None  # noqa: N815
+
+
+class _BatchItem(BaseModel):
+    index: int = Field(ge=0)
+    messageId: str = Field(min_length=1, max_length=200)  # noqa: N815
+
+
+class _RequestMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    to: _To | None = None
+    rules: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def parse_registration(registration: Registration) -> list[StatusUpdate]:
+    try:
+        if isinstance(registration.response, list):
+            return _batch(registration)
+        return [_single(registration)]
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+
+
+def _single(registration: Registration) -> StatusUpdate:
+    response = _SingleResponse.model_validate(registration.response)
+    request = _RequestMessage.model_validate(registration.request) if registration.request else None
+    raw_status = (response.status or "processing").lower()
+    status = STATUSES.get(raw_status, Status.UNKNOWN)
+    channel = (response.statusDetails or {}).get("channelId") or (response.statusDetails or {}).get(
+        "channel"
+    )
+    rules = response.rules or (request.rules if request else None)
+    to = response.to or (request.to if request else None)
+    at = response.sentOn or registration.received_at
+    return StatusUpdate(
+        provider=NAME,
+        message_key=response.messageId,
+        status=status,
+        dedup_key=f"send|{raw_status}",
+        provider_status=clean(raw_status, 100),
+        channel=str(channel) if channel else None,
+        occurred_at=as_utc(at),
+        unmapped=raw_status not in STATUSES,
+        details=clean_json(response.model_dump(mode="json", exclude_none=True)),
+        recipient=_recipient(to),
+        reference=clean(registration.reference, 500),
+        channel_order=tuple(rules) if rules else None,
+        registered=True,
+    )
+
+
+def _batch(registration: Registration) -> list[StatusUpdate]:
+    items = [_BatchItem.model_validate(i) for i in registration.response]
+    requests: list[_RequestMessage] = []
+    if registration.request is not None:
+        if not isinstance(registration.request, list):
+            raise InvalidReport("request: a batch send request is an array of messages")
+        requests = [_RequestMessage.model_validate(r) for r in registration.request]
+    updates = []
+    for item in items:
+        request = requests[item.index] if item.index < len(requests) else None
+        updates.append(
+            StatusUpdate(
+                provider=NAME,
+                message_key=item.messageId,
+                status=Status.ACCEPTED,
+                dedup_key="send|accepted",
+                occurred_at=registration.received_at,
+                details={"index": item.index},
+                recipient=_recipient(request.to if request else None),
+                reference=clean(registration.reference, 500),
+                channel_order=tuple(request.rules) if request and request.rules else None,
+                registered=True,
+            )
+        )
+    return updates
+
+
+def _recipient(to: _To | None) -> str | None:
+    if to is None:
+        return None
+    return clean(to.phoneNumber or to.email or to.profileId, 200)
+
+
+PROVIDER = Provider(
+    name=NAME, parse_registration=parse_registration, verify=verify, parse_webhook=parse_webhook
+)

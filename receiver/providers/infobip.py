@@ -1,0 +1,265 @@
+"""Infobip: batched delivery reports (SMS v1/v2/v3, OMNI, Messages API; JSON or XML), HTTP Basic
+verification, send-response registration, and its status groups."""
+
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from receiver.providers import xmlbody
+from receiver.providers.base import (
+    Provider,
+    Registration,
+    Verification,
+    as_utc,
+    clean,
+    clean_json,
+    describe,
+    header,
+    invalid,
+)
+from receiver.reports import InvalidReport, Parsed, StatusUpdate
+from receiver.settings import Settings
+from receiver.status import Status
+
+NAME = "infobip"
+
+# Status groups. Infobip adds ids freely; the group is the stable part, so map by group first.
+GROUPS: dict[int, Status] = {
+    0: Status.ACCEPTED,  # ACCEPTED: seen in send responses
+    1: Status.SENT,  # PENDING: on its way
+    2: Status.FAILED,  # UNDELIVERABLE
+    3: Status.DELIVERED,  # DELIVERED
+    4: Status.EXPIRED,  # EXPIRED
+    5: Status.REJECTED,  # REJECTED
+}
+# Ids whose meaning differs from their group's.
+IDS: dict[tuple[int, int], Status] = {
+    # DELIVERED_TO_OPERATOR: the operator has it, the handset may not. Not a delivery.
+    (3, 2): Status.SENT,
+    # PENDING_ACCEPTED: the send response's "we have it", nothing sent to a network yet.
+    (1, 26): Status.ACCEPTED,
+}
+
+
+class _Status(BaseModel):
+    groupId: int  # noqa: N815 - Infobip's field names
+    groupName: str | None = None  # noqa: N815
+    id: int | None = None
+    name: str | None = None
+    description: str | None = None
+    action: str | None = None
+
+
+class _Error(BaseModel):
+    groupId: int | None = None  # noqa: N815
+    groupName: str | None = None  # noqa: N815
+    id: int | None = None
+    name: str | None = None
+    description: str | None = None
+    permanent: bool | None = None
+
+
+class _Report(BaseModel):
+    """The union of the SMS v1/v2, SMS v3, OMNI, Messages API and seen report shapes."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messageId: str = Field(min_length=1, max_length=200)  # noqa: N815
+    bulkId: str | None = Field(default=None, max_length=200)  # noqa: N815
+    to: str | dict[str, Any] | None = None
+    destination: str | None = None  # Messages API
+    sender: str | None = None
+    sentAt: datetime | None = None  # noqa: N815
+    doneAt: datetime | None = None  # noqa: N815
+    seenAt: datetime | None = None  # noqa: N815 - seen reports
+    smsCount: int | None = None  # noqa: N815 - SMS v1/v2
+    messageCount: int | None = None  # noqa: N815 - SMS v3, OMNI, Messages API
+    mccMnc: str | None = None  # noqa: N815
+    callbackData: str | None = None  # noqa: N815
+    price: dict[str, Any] | None = None
+    status: _Status | None = None
+    error: _Error | None = None
+    channel: str | None = None  # OMNI and Messages API
+    event: str | None = None  # Messages API: "DELIVERY"
+    platform: dict[str, Any] | None = None
+
+
+def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verification:
+    """HTTP Basic, as set on the Infobip subscription's security settings."""
+    user, password = settings.infobip_webhook_username, settings.infobip_webhook_password
+    if not user or password is None:
+        return Verification.NOT_CONFIGURED
+    given = header(headers, "Authorization")
+    if not given:
+        return Verification.MISSING
+    scheme, _, encoded = given.partition(" ")
+    if scheme.lower() != "basic":
+        return Verification.BAD
+    try:
+        given_user, _, given_password = (
+            base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        )
+    except (binascii.Error, UnicodeDecodeError):
+        return Verification.BAD
+    # Both compared every time, so timing does not tell which one was wrong.
+    user_ok = hmac.compare_digest(given_user.encode(), user.encode())
+    password_ok = hmac.compare_digest(given_password.encode(), password.get_secret_value().encode())
+    return Verification.OK if user_ok and password_ok else Verification.BAD
+
+
+def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) -> Parsed:
+    results = _results(body, content_type)
+    updates, problems = [], []
+    for index, item in enumerate(results):
+        try:
+            updates.append(report_to_update(_Report.model_validate(item)))
+        except ValidationError as exc:
+            # One bad report must not cost the others: it stays in the raw receipt instead.
+            problems.append(f"results[{index}]: {describe(exc)}")
+    return Parsed(updates, problems)
+
+
+def _results(body: bytes, content_type: str | None) -> list[Any]:
+    is_xml = "xml" in (content_type or "").lower() or body.lstrip()[:1] == b"<"
+    if is_xml:
+        document = xmlbody.loads(body)
+        (root,) = document.values()
+        found = root.get("results") if isinstance(root, dict) else None
+        if found is None:
+            raise InvalidReport("XML body has no <results>")
+        return xmlbody.items(found)
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidReport(f"body is not JSON: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
+        raise InvalidReport('body must be an object with a "results" array')
+    results: list[Any] = document["results"]
+    return results
+
+
+def map_status(status: _Status) -> tuple[Status, bool]:
+    """(normalised status, unmapped?) by id where it differs from its group, else by group."""
+    if status.id is not None and (status.groupId, status.id) in IDS:
+        return IDS[(status.groupId, status.id)], False
+    if status.groupId in GROUPS:
+        return GROUPS[status.groupId], False
+    return Status.UNKNOWN, True
+
+
+def report_to_update(report: _Report) -> StatusUpdate:
+    """One report, pushed or polled, as an update; both give the same dedup key."""
+    channel = report.channel.strip().lower() if report.channel else None
+    if report.status is None:
+        if report.seenAt is None:
+            raise _missing("status")
+        # OMNI / Messages API seen report: no status object, just when it was seen.
+        return _update(
+            report, Status.READ, report.seenAt, f"seen|{report.seenAt.isoformat()}", None, "SEEN"
+        )
+    status, unmapped = map_status(report.status)
+    raw_status = report.status.name or f"group {report.status.groupId}"
+    occurred = report.doneAt or report.sentAt
+    stamp = as_utc(occurred).isoformat() if occurred else "-"
+    dedup = f"{channel or 'sms'}|{report.status.groupId}.{report.status.id}|{stamp}"
+    return _update(report, status, occurred, dedup, channel or "sms", raw_status, unmapped)
+
+
+def _update(
+    report: _Report,
+    status: Status,
+    occurred: datetime | None,
+    dedup: str,
+    channel: str | None,
+    raw_status: str,
+    unmapped: bool = False,
+) -> StatusUpdate:
+    error = report.error
+    has_error = error is not None and error.id not in (None, 0)
+    return StatusUpdate(
+        provider=NAME,
+        message_key=report.messageId,
+        status=status,
+        dedup_key=dedup,
+        provider_status=clean(raw_status, 100),
+        channel=channel,
+        occurred_at=as_utc(occurred) if occurred else None,
+        provider_code=(
+            f"{report.status.groupId}.{report.status.id}" if report.status is not None else None
+        ),
+        error_code=str(error.id) if has_error and error else None,
+        error_text=clean(error.description or error.name) if has_error and error else None,
+        permanent=error.permanent if has_error and error else None,
+        unmapped=unmapped,
+        details=clean_json(report.model_dump(mode="json", exclude_none=True)),
+        recipient=clean(_recipient(report.to) or report.destination, 200),
+        group_key=report.bulkId,
+        reference=clean(report.callbackData, 4000),
+    )
+
+
+def _recipient(to: str | dict[str, Any] | None) -> str | None:
+    if isinstance(to, dict):
+        value = to.get("phoneNumber") or to.get("emailAddress")
+        return str(value) if value else None
+    return to
+
+
+def _missing(field: str) -> ValidationError:
+    return ValidationError.from_exception_data(
+        "InfobipReport", [{"type": "missing", "loc": (field,), "input": None}]
+    )
+
+
+class _SentMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    messageId: str = Field(min_length=1, max_length=200)  # noqa: N815
+    to: str | dict[str, Any] | None = None
+    status: _Status | None = None
+
+
+class _SendResponse(BaseModel):
+    """SMS v2 / OMNI send response: `{"bulkId"?, "messages": [...]}`."""
+
+    bulkId: str | None = Field(default=None, max_length=200)  # noqa: N815
+    messages: list[_SentMessage] = Field(min_length=1)
+
+
+def parse_registration(registration: Registration) -> list[StatusUpdate]:
+    try:
+        response = _SendResponse.model_validate(registration.response)
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+    updates = []
+    for sent in response.messages:
+        status, unmapped = map_status(sent.status) if sent.status else (Status.ACCEPTED, False)
+        updates.append(
+            StatusUpdate(
+                provider=NAME,
+                message_key=sent.messageId,
+                status=status,
+                dedup_key="send",
+                provider_status=clean(sent.status.name if sent.status else None, 100),
+                provider_code=(f"{sent.status.groupId}.{sent.status.id}" if sent.status else None),
+                occurred_at=registration.received_at,
+                unmapped=unmapped,
+                details=clean_json(sent.model_dump(mode="json", exclude_none=True)),
+                recipient=clean(_recipient(sent.to), 200),
+                group_key=response.bulkId,
+                reference=clean(registration.reference, 500),
+                registered=True,
+            )
+        )
+    return updates
+
+
+PROVIDER = Provider(
+    name=NAME, parse_registration=parse_registration, verify=verify, parse_webhook=parse_webhook
+)

@@ -1,0 +1,42 @@
+"""Infobip's XML report bodies, read into the same plain values its JSON bodies give."""
+
+from typing import Any
+from xml.etree import ElementTree
+
+from receiver.reports import InvalidReport
+
+
+def loads(body: bytes) -> dict[str, Any]:
+    """Parse XML into dicts: an element with children becomes a dict, a repeated name a list."""
+    # Infobip sends plain documents; a DTD could only be an entity-expansion attack.
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        raise InvalidReport("XML with a DTD is not accepted")
+    try:
+        root = ElementTree.fromstring(body)  # noqa: S314 - DTDs refused above
+    except ElementTree.ParseError as exc:
+        raise InvalidReport(f"body is not well-formed XML: {exc}") from exc
+    return {_local(root.tag): _value(root)}
+
+
+def items(value: Any) -> list[Any]:
+    """A JSON-style list from what XML gives for one: `<results><result/>…</results>`."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        (inner,) = value.values()
+        return inner if isinstance(inner, list) else [inner]
+    return [] if value is None else [value]
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _value(element: ElementTree.Element) -> Any:
+    children = list(element)
+    if not children:
+        return (element.text or "").strip() or None
+    grouped: dict[str, list[Any]] = {}
+    for child in children:
+        grouped.setdefault(_local(child.tag), []).append(_value(child))
+    return {name: values[0] if len(values) == 1 else values for name, values in grouped.items()}

@@ -21,6 +21,8 @@ from receiver.settings import Settings
 
 API_TOKEN = "test-token"
 MESSENTE_PASSWORD = "messente-api-password"
+INFOBIP_USER, INFOBIP_PASSWORD = "infobip-hook", "infobip-hook-password"
+COMAPI_SECRET = "comapi-webhook-secret-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 AiohttpClient = Callable[..., Any]
@@ -97,6 +99,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "database_url": SecretStr(database_url),
         "api_tokens": (SecretStr(API_TOKEN),),
         "messente_api_password": SecretStr(MESSENTE_PASSWORD),
+        "infobip_webhook_username": INFOBIP_USER,
+        "infobip_webhook_password": SecretStr(INFOBIP_PASSWORD),
+        "comapi_webhook_secret": SecretStr(COMAPI_SECRET),
         "data_dir": Path("unused"),
     }
     values.update(overrides)

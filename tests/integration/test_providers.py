@@ -1,0 +1,372 @@
+"""Infobip, Comapi and Mercury end to end through HTTP and Postgres; search and group views."""
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from receiver.providers import comapi, messente
+from tests.conftest import (
+    AUTH,
+    COMAPI_SECRET,
+    INFOBIP_PASSWORD,
+    INFOBIP_USER,
+    MESSENTE_PASSWORD,
+)
+from tests.payloads import load, raw
+
+Client = TestClient[Any, Any]
+INFOBIP_AUTH = {
+    "Authorization": "Basic "
+    + base64.b64encode(f"{INFOBIP_USER}:{INFOBIP_PASSWORD}".encode()).decode()
+}
+
+
+async def get_json(client: Client, path: str, status: int = 200) -> Any:
+    resp = await client.get(path, headers=AUTH)
+    assert resp.status == status, await resp.text()
+    return await resp.json()
+
+
+async def post_infobip(
+    client: Client, body: bytes, content_type: str = "application/json", auth: bool = True
+) -> Any:
+    headers = {"Content-Type": content_type, **(INFOBIP_AUTH if auth else {})}
+    return await client.post("/webhooks/infobip", data=body, headers=headers)
+
+
+async def post_comapi(client: Client, body: bytes, signature: str | None = None) -> Any:
+    headers = {"Content-Type": "application/json"}
+    headers["X-Comapi-Signature"] = signature or comapi.sign(COMAPI_SECRET, body)
+    return await client.post("/webhooks/comapi", data=body, headers=headers)
+
+
+# Infobip
+
+
+async def test_infobip_batch_is_stored_and_each_message_readable(client: Client) -> None:
+    resp = await post_infobip(client, raw("infobip", "sms_v2_batch.json"))
+    assert resp.status == 200
+    assert (await resp.json())["new_events"] == 3
+    failed = await get_json(client, "/v1/messages/infobip/2034072219640523073")
+    assert failed["status"] == "failed"
+    (event,) = failed["events"]
+    assert (event["error_code"], event["error_text"], event["permanent"]) == (
+        "1",
+        "Unknown Subscriber",
+        True,
+    )
+    assert event["details"]["error"]["name"] == "EC_UNKNOWN_SUBSCRIBER"
+    assert failed["reference"] == "order:4711"
+    group = await get_json(client, "/v1/groups/infobip/2034072219640523072")
+    assert group["counts"] == {"delivered": 1, "expired": 1, "failed": 1}
+    assert group["total"] == 3
+
+
+async def test_infobip_xml_batch_is_stored(client: Client) -> None:
+    resp = await post_infobip(client, raw("infobip", "sms_v2_batch.xml"), "application/xml")
+    assert resp.status == 200
+    message = await get_json(client, "/v1/messages/infobip/xml-msg-2")
+    assert message["status"] == "rejected"
+
+
+async def test_infobip_without_or_with_wrong_credentials_is_401(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    body = raw("infobip", "sms_v2_batch.json")
+    assert (await post_infobip(client, body, auth=False)).status == 401
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"infobip-hook:nope").decode()}
+    resp = await client.post("/webhooks/infobip", data=body, headers=wrong)
+    assert resp.status == 401
+    assert await db.fetchval("select count(*) from receipts") == 0
+
+
+async def test_infobip_bad_report_in_a_batch_keeps_the_good_ones(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    resp = await post_infobip(client, raw("infobip", "batch_with_bad_item.json"))
+    # 200: Infobip must not retry (or drop) the whole batch for one bad report.
+    assert resp.status == 200
+    result = await resp.json()
+    assert result["new_events"] == 2
+    assert len(result["problems"]) == 2
+    receipt = await db.fetchrow("select body, problem from receipts")
+    assert receipt is not None
+    assert receipt["body"] == raw("infobip", "batch_with_bad_item.json")
+    assert "results[1]" in receipt["problem"]
+
+
+async def test_infobip_registration_then_delivery_to_operator_then_handset(client: Client) -> None:
+    body = {"response": load("infobip", "send_response.json"), "reference": "campaign-9"}
+    resp = await client.post("/v1/messages/infobip", json=body, headers=AUTH)
+    assert resp.status == 201
+    assert [m["status"] for m in (await resp.json())["messages"]] == ["accepted", "sent"]
+
+    def report(status_id: int, name: str, done: str) -> bytes:
+        return json.dumps(
+            {
+                "results": [
+                    {
+                        "messageId": "MESSAGE-ID-123-xyz",
+                        "bulkId": "Bulk-ID-12xyz",
+                        "doneAt": done,
+                        "status": {"groupId": 3, "id": status_id, "name": name},
+                    }
+                ]
+            }
+        ).encode()
+
+    await post_infobip(client, report(2, "DELIVERED_TO_OPERATOR", "2024-04-01T10:00:01.000+0000"))
+    message = await get_json(client, "/v1/messages/infobip/MESSAGE-ID-123-xyz")
+    assert message["status"] == "sent"
+    await post_infobip(client, report(5, "DELIVERED_TO_HANDSET", "2024-04-01T10:00:05.000+0000"))
+    message = await get_json(client, "/v1/messages/infobip/MESSAGE-ID-123-xyz")
+    assert message["status"] == "delivered"
+    assert message["reference"] == "campaign-9"
+    assert sorted(e["source"] for e in message["events"]) == ["send", "webhook", "webhook"]
+
+
+async def test_infobip_unknown_codes_are_listed_in_unmapped(client: Client) -> None:
+    await post_infobip(client, raw("infobip", "unknown_group.json"))
+    unmapped = (await get_json(client, "/v1/unmapped"))["unmapped"]
+    assert [(u["provider"], u["provider_status"], u["count"]) for u in unmapped] == [
+        ("infobip", "QUANTUM_SUPERPOSED", 1)
+    ]
+    assert (await get_json(client, "/v1/messages/infobip/odd-1"))["status"] == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"{", "application/json"),  # truncated JSON
+        (b"hello", "text/plain"),  # not JSON
+        (b"<reportResponse><results>", "application/xml"),  # truncated XML
+    ],
+)
+async def test_infobip_unreadable_body_is_400_and_kept(
+    client: Client, db: asyncpg.Connection, body: bytes, content_type: str
+) -> None:
+    resp = await post_infobip(client, body, content_type)
+    assert resp.status == 400
+    assert await db.fetchval("select body from receipts") == body
+
+
+# Comapi
+
+
+async def test_comapi_batch_with_failover_is_stored(client: Client) -> None:
+    resp = await post_comapi(client, raw("comapi", "batch_failover.json"))
+    assert resp.status == 200
+    message = await get_json(client, "/v1/messages/comapi/287d32c0-170e-4a80-bfc3-48f376d17682")
+    assert message["status"] == "delivered"
+    assert {(a["channel"], a["status"]) for a in message["attempts"]} == {
+        ("fbMessenger", "failed"),
+        ("sms", "delivered"),
+    }
+
+
+async def test_comapi_retried_event_is_one_event(client: Client, db: asyncpg.Connection) -> None:
+    body = raw("comapi", "single_failed.json")
+    await post_comapi(client, body)
+    second = await (await post_comapi(client, body)).json()
+    assert second["duplicates"] == 1
+    assert await db.fetchval("select count(*) from events") == 1
+
+
+async def test_comapi_bad_signature_is_401(client: Client) -> None:
+    resp = await post_comapi(client, raw("comapi", "single_failed.json"), signature="0" * 40)
+    assert resp.status == 401
+
+
+async def test_comapi_unreadable_json_shape_is_acknowledged_and_kept(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    # A 400 would make Comapi drop the event for good; a later parser fix can still use this.
+    body = b'{"surprise": "a shape we do not know yet"}'
+    resp = await post_comapi(client, body)
+    assert resp.status == 200
+    assert (await resp.json())["problems"]
+    row = await db.fetchrow("select body, problem from receipts")
+    assert row is not None
+    assert (row["body"], bool(row["problem"])) == (body, True)
+
+
+async def test_comapi_non_json_is_400_but_still_kept(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    resp = await post_comapi(client, b"\x00\x01 definitely not json")
+    assert resp.status == 400
+    assert await db.fetchval("select count(*) from receipts") == 1
+
+
+async def test_comapi_batch_registration_then_failover_reports(client: Client) -> None:
+    body = {
+        "response": load("comapi", "send_batch_response.json"),
+        "request": load("comapi", "send_batch_request.json"),
+    }
+    resp = await client.post("/v1/messages/comapi", json=body, headers=AUTH)
+    assert resp.status == 201
+    key = "58bde0da-b380-4cb2-8dd1-ca74fc7a0cda"
+    failed_whatsapp = json.dumps(
+        {
+            "eventId": "ev-1",
+            "name": "message.failed",
+            "payload": {
+                "id": key,
+                "details": {
+                    "channel": "whatsApp",
+                    "channelStatus": {
+                        "whatsApp": {"status": "failed", "updatedOn": "2024-05-02T10:00:01.000Z"}
+                    },
+                },
+            },
+            "timestamp": "2024-05-02T10:00:01.000Z",
+        }
+    ).encode()
+    await post_comapi(client, failed_whatsapp)
+    message = await get_json(client, f"/v1/messages/comapi/{key}")
+    # sms comes next in the registered rules: not failed yet.
+    assert message["status"] == "sent"
+    assert message["recipient"] == "447123123123"
+    assert message["channel_order"] == ["whatsApp", "sms"]
+
+
+async def test_comapi_single_registration(client: Client) -> None:
+    body = {"response": load("comapi", "send_single_response.json")}
+    resp = await client.post("/v1/messages/comapi", json=body, headers=AUTH)
+    assert resp.status == 201
+    message = await get_json(client, "/v1/messages/comapi/d8e296bb-97c4-4495-b98f-1e32e0b11628")
+    assert message["status"] == "accepted"
+
+
+# Mercury
+
+
+async def test_mercury_registration_rejects_invalid_recipients_and_groups_the_dispatch(
+    client: Client,
+) -> None:
+    body = {
+        "response": load("mercury", "send_response.json"),
+        "request": load("mercury", "send_request.json"),
+        "reference": "spring-promo",
+    }
+    resp = await client.post("/v1/messages/mercury", json=body, headers=AUTH)
+    assert resp.status == 201
+    message = await get_json(client, "/v1/messages/mercury/180249:CustomerIdB")
+    assert message["status"] == "rejected"
+    group = await get_json(client, "/v1/groups/mercury/180249")
+    assert group["counts"] == {"accepted": 1, "rejected": 1}
+    assert [m["id"] for m in group["members"]] == ["180249:CustomerIdA", "180249:CustomerIdB"]
+
+
+async def test_mercury_has_no_webhook(client: Client) -> None:
+    assert (await client.post("/webhooks/mercury", data=b"{}")).status == 404
+
+
+async def test_mercury_registration_without_request_is_400(client: Client) -> None:
+    body = {"response": load("mercury", "send_response.json")}
+    resp = await client.post("/v1/messages/mercury", json=body, headers=AUTH)
+    assert resp.status == 400
+
+
+# Search and groups
+
+
+async def _seed(client: Client) -> None:
+    await post_infobip(client, raw("infobip", "sms_v2_batch.json"))
+    for i in range(5):
+        body = json.dumps(
+            {
+                "omnimessage_id": f"omni-{i}",
+                "message_id": f"m-{i}",
+                "channel": "sms",
+                "status": "DELIVRD",
+                "to": "+3725550000",
+            }
+        ).encode()
+        headers = {"X-Messente-Signature": messente.sign(MESSENTE_PASSWORD, body)}
+        await client.post("/webhooks/messente", data=body, headers=headers)
+
+
+async def test_search_by_recipient_status_and_provider(client: Client) -> None:
+    await _seed(client)
+    found = await get_json(client, "/v1/messages?recipient=%2B3725550000")
+    assert {m["id"] for m in found["messages"]} == {f"omni-{i}" for i in range(5)}
+    failed = await get_json(client, "/v1/messages?status=failed,expired")
+    assert {m["status"] for m in failed["messages"]} == {"failed", "expired"}
+    infobip_only = await get_json(client, "/v1/messages?provider=infobip")
+    assert len(infobip_only["messages"]) == 3
+
+
+async def test_search_pages_through_everything_once(client: Client) -> None:
+    await _seed(client)
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        path = "/v1/messages?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = await get_json(client, path)
+        seen.extend(m["id"] for m in page["messages"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 8
+    assert len(set(seen)) == 8
+
+
+async def test_search_time_range(client: Client) -> None:
+    await _seed(client)
+    everything = await get_json(client, "/v1/messages?since=2000-01-01T00:00:00Z")
+    assert len(everything["messages"]) == 8
+    nothing = await get_json(client, "/v1/messages?until=2000-01-01T00:00:00Z")
+    assert nothing["messages"] == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "status=teleported",  # not a status
+        "provider=acme",  # not a provider
+        "since=yesterday",  # not a time
+        "limit=0",  # out of range
+        "cursor=%%%",  # not one we gave out
+        "colour=blue",  # unknown parameter
+    ],
+)
+async def test_bad_search_queries_are_400(client: Client, query: str) -> None:
+    body = await get_json(client, f"/v1/messages?{query}", status=400)
+    assert body["error"]["code"] in {"invalid_query", "invalid_cursor"}
+
+
+async def test_unknown_group_is_404(client: Client) -> None:
+    body = await get_json(client, "/v1/groups/infobip/nope", status=404)
+    assert body["error"]["code"] == "group_not_found"
+
+
+async def test_concurrent_infobip_batches_for_shared_messages_lose_nothing(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    def batch(n: int) -> bytes:
+        # Every batch touches the same 20 messages, in a different order each time.
+        ids = list(range(20))
+        ids = ids[n:] + ids[:n]
+        return json.dumps(
+            {
+                "results": [
+                    {
+                        "messageId": f"shared-{i}",
+                        "doneAt": f"2024-01-01T00:00:{n:02d}.000+0000",
+                        "status": {"groupId": 1, "id": 7, "name": "PENDING_ENROUTE"},
+                    }
+                    for i in ids
+                ]
+            }
+        ).encode()
+
+    responses = await asyncio.gather(*(post_infobip(client, batch(n)) for n in range(10)))
+    assert all(r.status == 200 for r in responses)
+    assert await db.fetchval("select count(*) from events") == 200
+    assert await db.fetchval("select count(*) from messages where status = 'sent'") == 20

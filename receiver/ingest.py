@@ -8,6 +8,7 @@ batches grow with load and a lone request waits for nobody.
 
 import asyncio
 import json
+import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from receiver import queries
+from receiver import forward_queries, queries
 from receiver.db import Conn, connection, is_transient
 from receiver.reports import Receipt, StatusUpdate
 from receiver.status import Observation, Outcome, Status, compose
@@ -26,15 +27,26 @@ log = structlog.get_logger()
 _DEADLOCK_RETRIES = 3
 
 
+_EVENT_IDS = uuid.UUID("6f1c3a52-5d0e-4f4e-9a57-3c1f6d0b8e21")
+
+
 @dataclass(frozen=True)
 class StatusChange:
-    """A message whose current status moved; the forwarder's unit of work."""
+    """A message whose current status moved; what subscribers are told."""
 
     provider: str
     key: str
-    previous: Status
+    previous: Status | None
     status: Status
     seq: int
+    payload: dict[str, Any]
+
+    @property
+    def event_id(self) -> str:
+        # Derived, not random: the same change always has the same webhook-id, across retries,
+        # replays and subscriptions.
+        name = f"{self.provider}\x00{self.key}\x00{self.seq}"
+        return "evt_" + uuid.uuid5(_EVENT_IDS, name).hex
 
 
 @dataclass(frozen=True)
@@ -211,6 +223,8 @@ async def store(conn: Conn, batch: Sequence[_Submission]) -> None:
         await queries.count_unmapped(conn, unmapped)
 
     changes = await _recompute(conn, before)
+    if changes:
+        await forward_queries.enqueue(conn, changes)
     for item in batch:
         keys = {(u.provider, u.message_key) for u in item.updates}
         item.changes.extend(c for c in changes if (c.provider, c.key) in keys)
@@ -286,10 +300,12 @@ async def _recompute(
 ) -> list[StatusChange]:
     """Rules 3 and 4: derive each touched message's status from all of its stored events."""
     observations: dict[tuple[str, str], list[Observation]] = {key: [] for key in before}
+    events: dict[tuple[str, str], list[asyncpg.Record]] = {key: [] for key in before}
     attempt_ids: dict[tuple[str, str, str], str] = {}
     for r in await queries.fetch_observations(conn, list(before)):
         key = (r["provider"], r["message_key"])
         observations[key].append(Observation(Status(r["status"]), r["occurred_at"], r["channel"]))
+        events[key].append(r)
         if r["channel"] is not None and r["attempt_id"] is not None:
             attempt_ids[(*key, r["channel"])] = r["attempt_id"]
 
@@ -317,12 +333,62 @@ async def _recompute(
             }
         )
         if moved:
-            changes.append(
-                StatusChange(key[0], key[1], Status(old["status"]), outcome.status, old["seq"] + 1)
-            )
+            # A message that never had a status before has no previous one to report.
+            previous = Status(old["status"]) if old["seq"] > 0 else None
+            seq = old["seq"] + 1
+            payload = _payload(old, outcome, previous, seq, _deciding(events[key], outcome))
+            changes.append(StatusChange(key[0], key[1], previous, outcome.status, seq, payload))
     if rows:
         await queries.update_statuses(conn, rows)
     return changes
+
+
+def _deciding(events: list[asyncpg.Record], outcome: Outcome) -> asyncpg.Record | None:
+    """The event that gave the message its status; the newest event when the status is
+    composed rather than reported (a failover in progress)."""
+    matching = [
+        e
+        for e in events
+        if e["status"] == outcome.status.value
+        and e["channel"] == outcome.channel
+        and e["occurred_at"] == outcome.occurred_at
+    ]
+    return max(matching or events, key=lambda e: e["id"], default=None)
+
+
+def _payload(
+    old: asyncpg.Record,
+    outcome: Outcome,
+    previous: Status | None,
+    seq: int,
+    event: asyncpg.Record | None,
+) -> dict[str, Any]:
+    """The `data` of a forwarded status change (documented in the README)."""
+    return {
+        "provider": old["provider"],
+        "message_id": old["key"],
+        "status": outcome.status.value,
+        "previous_status": previous.value if previous else None,
+        "seq": seq,
+        "status_at": outcome.occurred_at.isoformat() if outcome.occurred_at else None,
+        "channel": outcome.channel,
+        "recipient": old["recipient"],
+        "reference": old["reference"],
+        "group": old["group_key"],
+        "event": None
+        if event is None
+        else {
+            "provider_status": event["provider_status"],
+            "provider_code": event["provider_code"],
+            "error_code": event["error_code"],
+            "error_text": event["error_text"],
+            "permanent": event["permanent"],
+            "channel": event["channel"],
+            "channel_message_id": event["attempt_id"],
+            "occurred_at": event["occurred_at"].isoformat() if event["occurred_at"] else None,
+            "source": event["source"],
+        },
+    }
 
 
 def _attempts_json(

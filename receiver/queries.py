@@ -54,7 +54,8 @@ async def upsert_messages(conn: Conn, rows: Sequence[dict[str, Any]]) -> list[as
             channel_order = coalesce(excluded.channel_order, m.channel_order),
             registered_at = coalesce(m.registered_at, excluded.registered_at),
             updated_at = now()
-        returning provider, key, status, status_at, channel, attempts, seq, channel_order
+        returning provider, key, status, status_at, channel, attempts, seq, channel_order,
+                  recipient, reference, group_key
         """,
         [r["provider"] for r in rows],
         [r["key"] for r in rows],
@@ -121,10 +122,12 @@ async def insert_events(conn: Conn, columns: dict[str, list[Any]]) -> list[async
 
 
 async def fetch_observations(conn: Conn, keys: Sequence[tuple[str, str]]) -> list[asyncpg.Record]:
-    """What the status rules need of every event of these messages."""
+    """Every event of these messages: what the status rules and the forwarded payload need."""
     return await conn.fetch(
         """
-        select e.provider, e.message_key, e.status, e.occurred_at, e.channel, e.attempt_id
+        select e.id, e.provider, e.message_key, e.status, e.occurred_at, e.channel, e.attempt_id,
+               e.provider_status, e.provider_code, e.error_code, e.error_text, e.permanent,
+               e.source
         from events e
         join unnest($1::text[], $2::text[]) as k(provider, key)
           on e.provider = k.provider and e.message_key = k.key

@@ -1,5 +1,6 @@
 """The service's configuration: one frozen object read from RECEIVER_* environment variables."""
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated
 
@@ -57,10 +58,46 @@ class Settings(BaseSettings):
     ingest_max_inflight: int = Field(default=2, gt=0)
     db_pool_size: int = Field(default=10, gt=1)
 
-    @field_validator("api_tokens", "forward_allow_networks", "insecure_webhooks", mode="before")
+    # Forwarding to subscribers. The schedule is the wait before each retry, in seconds: after
+    # the last one fails the delivery is dead-lettered (replayable). About a day in all.
+    forward_enabled: bool = True
+    forward_retry_schedule: Annotated[tuple[float, ...], NoDecode] = (
+        5,
+        300,
+        1800,
+        7200,
+        18000,
+        36000,
+    )
+    forward_timeout: float = Field(default=10.0, gt=0)
+    forward_concurrency: int = Field(default=32, gt=0)
+    forward_per_subscription: int = Field(default=4, gt=0)
+    # A claimed delivery returns to the queue after this long if its forwarder vanished.
+    forward_lease: float = Field(default=300.0, gt=0)
+    # LISTEN/NOTIFY wakes the forwarder at once; this is the fallback poll.
+    forward_poll_interval: float = Field(default=5.0, gt=0)
+    # A subscription failing without a single success for this long is disabled.
+    forward_disable_after: float = Field(default=5 * 86400, gt=0)
+    # Bounds for an honoured Retry-After (429/503).
+    forward_max_retry_after: float = Field(default=6 * 3600, gt=0)
+
+    @field_validator(
+        "api_tokens",
+        "forward_allow_networks",
+        "insecure_webhooks",
+        "forward_retry_schedule",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("forward_allow_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # raises ValueError: a clear config error
+        return value
 
     @field_validator("insecure_webhooks")
     @classmethod

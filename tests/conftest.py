@@ -114,6 +114,8 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture
-async def client(aiohttp_client: AiohttpClient, settings: Settings) -> TestClient[Any, Any]:
+async def client(settings: Settings, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
+    # settings (and so the database) first: fixtures tear down in reverse, and the app must
+    # stop before its database is dropped.
     result: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
     return result

@@ -115,7 +115,7 @@ async def test_tampered_body_fails_verification(client: Client) -> None:
 
 
 async def test_without_a_configured_password_webhooks_are_refused(
-    aiohttp_client: AiohttpClient, database_url: str
+    database_url: str, aiohttp_client: AiohttpClient
 ) -> None:
     from receiver.app import create_app
 
@@ -128,7 +128,7 @@ async def test_without_a_configured_password_webhooks_are_refused(
 
 
 async def test_insecure_opt_in_accepts_unsigned_reports(
-    aiohttp_client: AiohttpClient, database_url: str
+    database_url: str, aiohttp_client: AiohttpClient
 ) -> None:
     from receiver.app import create_app
 
@@ -285,7 +285,7 @@ async def test_signed_but_unreadable_report_is_400_and_kept_raw(
     assert stored["problem"]
 
 
-async def test_oversized_body_is_413_json(aiohttp_client: AiohttpClient, database_url: str) -> None:
+async def test_oversized_body_is_413_json(database_url: str, aiohttp_client: AiohttpClient) -> None:
     from receiver.app import create_app
 
     client = await aiohttp_client(create_app(make_settings(database_url, max_body_bytes=1024)))

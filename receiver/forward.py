@@ -1,0 +1,275 @@
+"""The forwarder: claims due deliveries from the outbox and POSTs them to subscribers, signed
+per the Standard Webhooks spec, with retries, dead-lettering and circuit breaking by 410."""
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import hmac
+import json
+import random
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import asyncpg
+import structlog
+import yarl
+
+from receiver import forward_queries
+from receiver.db import connection, is_transient
+from receiver.netguard import BlockedAddress, GuardedResolver, check_literal, parse_networks
+from receiver.settings import Settings
+
+log = structlog.get_logger()
+
+_RESPONSE_PEEK = 4096  # bytes of a subscriber's answer worth keeping in the error text
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One `webhook-signature` entry: v1, base64 HMAC-SHA256 of "{id}.{timestamp}.{body}"."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+@asynccontextmanager
+async def http_client(settings: Settings) -> AsyncIterator[aiohttp.ClientSession]:
+    """The one shared client: internal addresses refused at resolution time."""
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(parse_networks(settings.forward_allow_networks)),
+        limit=settings.forward_concurrency,
+    )
+    async with aiohttp.ClientSession(
+        connector=connector,
+        headers={"User-Agent": "dlr-receiver"},
+        timeout=aiohttp.ClientTimeout(total=settings.forward_timeout),
+    ) as session:
+        yield session
+
+
+class Forwarder:
+    def __init__(
+        self, pool: asyncpg.Pool, session: aiohttp.ClientSession, settings: Settings
+    ) -> None:
+        self._pool = pool
+        self._session = session
+        self._settings = settings
+        self._allow = parse_networks(settings.forward_allow_networks)
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._per_subscription: dict[uuid.UUID, asyncio.Semaphore] = {}
+        self._listener: asyncpg.Connection | None = None
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Finish the round under way and return from run(); claims not yet delivered go back
+        to the queue when their lease runs out."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping:
+                try:
+                    await self._listen()
+                    claimed = await self._claim()
+                except Exception as exc:
+                    # The forwarder must outlive any one failure: log, back off, go on.
+                    if is_transient(exc):
+                        log.warning("forward.database_unavailable", error=str(exc))
+                    else:
+                        log.exception("forward.loop_failed")
+                    await self._drop_listener()
+                    await asyncio.sleep(1)
+                    continue
+                if claimed:
+                    continue  # there may be more due right now
+                await self._sleep()
+        finally:
+            await self._drop_listener()
+            if self._inflight:
+                # Deliveries under way get their request timeout to finish and be recorded.
+                await asyncio.wait(self._inflight, timeout=self._settings.forward_timeout + 5)
+            for task in self._inflight:
+                task.cancel()
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        # A connection of its own, held for LISTEN; polling covers the gaps when it is down.
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        url = self._settings.database_url
+        assert url is not None
+        self._listener = await asyncpg.connect(url.get_secret_value(), timeout=10)
+        await self._listener.add_listener(forward_queries.CHANNEL, self._notified)
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _drop_listener(self) -> None:
+        if self._listener is not None:
+            with suppress(Exception):
+                await self._listener.close(timeout=2)
+            self._listener = None
+
+    async def _claim(self) -> int:
+        free = self._settings.forward_concurrency - len(self._inflight)
+        if free <= 0:
+            return 0
+        async with connection(self._pool) as conn:
+            rows = await forward_queries.claim(conn, free, self._settings.forward_lease)
+        for row in rows:
+            task = asyncio.create_task(self._deliver(row))
+            self._inflight.add(task)
+            task.add_done_callback(self._finished)
+        return len(rows)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()  # a slot is free
+        if not task.cancelled() and task.exception() is not None:
+            log.error("forward.crashed", error=repr(task.exception()))
+
+    async def _sleep(self) -> None:
+        timeout = self._settings.forward_poll_interval
+        with suppress(Exception):
+            async with connection(self._pool) as conn:
+                due_in = await forward_queries.next_due_in(conn)
+            if due_in is not None:
+                timeout = max(0.0, min(timeout, due_in))
+        if self._stopping:
+            return
+        self._wake.clear()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _deliver(self, row: asyncpg.Record) -> None:
+        semaphore = self._per_subscription.setdefault(
+            row["subscription_id"], asyncio.Semaphore(self._settings.forward_per_subscription)
+        )
+        async with semaphore:
+            started = time.monotonic()
+            status, retry_after, error = await self._post(row)
+            duration_ms = int((time.monotonic() - started) * 1000)
+        await self._settle(row, status, retry_after, error, duration_ms)
+
+    async def _post(self, row: asyncpg.Record) -> tuple[int | None, str | None, str | None]:
+        envelope = dict(row["payload"])
+        envelope["timestamp"] = datetime.now(UTC).isoformat()
+        body = json.dumps(envelope).encode()
+        timestamp = int(time.time())
+        signatures = [sign(row["secret"], row["event_id"], timestamp, body)]
+        if row["previous_secret"]:
+            signatures.append(sign(row["previous_secret"], row["event_id"], timestamp, body))
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": row["event_id"],
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": " ".join(signatures),
+        }
+        try:
+            check_literal(yarl.URL(row["url"]).host or "", self._allow)
+            async with self._session.post(
+                row["url"], data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                peek = await resp.content.read(_RESPONSE_PEEK)
+                error = None if 200 <= resp.status < 300 else _describe(resp.status, peek)
+                return resp.status, resp.headers.get("Retry-After"), error
+        except BlockedAddress as exc:
+            return None, None, f"refused: {exc}"
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            return None, None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+    async def _settle(
+        self,
+        row: asyncpg.Record,
+        status: int | None,
+        retry_after: str | None,
+        error: str | None,
+        duration_ms: int,
+    ) -> None:
+        delivery, subscription = row["id"], row["subscription_id"]
+        fields: dict[str, Any] = {"delivery": str(delivery), "event_id": row["event_id"]}
+        for attempt in range(3):
+            try:
+                async with connection(self._pool) as conn, conn.transaction():
+                    await forward_queries.record_attempt(conn, delivery, duration_ms, status, error)
+                    if status is not None and 200 <= status < 300:
+                        await forward_queries.mark_delivered(conn, delivery, subscription, status)
+                        log.info("forward.delivered", status=status, ms=duration_ms, **fields)
+                    elif status == 410:
+                        # Gone: the subscriber asked us to stop. Honour it for the subscription.
+                        reason = "endpoint answered 410 Gone"
+                        await forward_queries.mark_failed(
+                            conn,
+                            delivery,
+                            subscription,
+                            status_code=status,
+                            error=reason,
+                            retry_in=None,
+                            disable_after_seconds=self._settings.forward_disable_after,
+                        )
+                        await forward_queries.disable_subscription(conn, subscription, reason)
+                        log.warning("forward.gone", **fields)
+                    else:
+                        retry_in = self._retry_in(row["attempts"], status, retry_after)
+                        disabled = await forward_queries.mark_failed(
+                            conn,
+                            delivery,
+                            subscription,
+                            status_code=status,
+                            error=error or f"HTTP {status}",
+                            retry_in=retry_in,
+                            disable_after_seconds=self._settings.forward_disable_after,
+                        )
+                        event = "forward.dead" if retry_in is None else "forward.retry"
+                        log.warning(event, status=status, error=error, retry_in=retry_in, **fields)
+                        if disabled:
+                            log.warning("forward.subscription_disabled", reason=disabled, **fields)
+                return
+            except Exception as exc:
+                # The lease brings the delivery back if this never lands: at least once holds.
+                if not is_transient(exc) or attempt == 2:
+                    log.error("forward.settle_failed", error=str(exc), **fields)
+                    return
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    def _retry_in(self, attempts: int, status: int | None, retry_after: str | None) -> float | None:
+        schedule = self._settings.forward_retry_schedule
+        if attempts > len(schedule):
+            return None  # that was the last try: dead letter
+        # Jitter spreads retries so a recovering subscriber is not hit by all of them at once.
+        delay = schedule[attempts - 1] * random.uniform(0.8, 1.2)  # noqa: S311 - not crypto
+        if status in (429, 503) and retry_after:
+            asked = _parse_retry_after(retry_after)
+            if asked is not None:
+                delay = min(max(asked, 1.0), self._settings.forward_max_retry_after)
+        return delay
+
+
+def _parse_retry_after(value: str) -> float | None:
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _describe(status: int, peek: bytes) -> str:
+    text = peek.decode("utf-8", errors="replace").strip().replace("\x00", "")
+    return f"HTTP {status}" + (f": {text[:500]}" if text else "")

@@ -1,0 +1,361 @@
+"""The SQL of forwarding: subscriptions, the delivery outbox, claims and attempts."""
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from receiver.db import Conn
+
+if TYPE_CHECKING:
+    from receiver.ingest import StatusChange
+
+# LISTEN/NOTIFY channel that wakes forwarders when deliveries are enqueued.
+CHANNEL = "dlr_deliveries"
+
+
+async def enqueue(conn: Conn, changes: Sequence["StatusChange"]) -> None:
+    """One outbox row per change and matching enabled subscription, in the caller's transaction.
+
+    The NOTIFY is transactional too: forwarders hear it only once the rows are committed.
+    """
+    inserted = await conn.fetchval(
+        """
+        with c as (
+            select * from unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
+                                 $6::text[])
+                as c(provider, message_key, seq, status, event_id, payload)
+        ), added as (
+            insert into deliveries (id, subscription_id, event_id, provider, message_key, seq,
+                                    status, payload)
+            select gen_random_uuid(), s.id, c.event_id, c.provider, c.message_key, c.seq,
+                   c.status, c.payload::jsonb
+            from c join subscriptions s
+              on s.enabled
+             and (s.statuses is null or c.status = any(s.statuses))
+             and (s.providers is null or c.provider = any(s.providers))
+            on conflict (subscription_id, event_id) do nothing
+            returning 1
+        )
+        select count(*) from added
+        """,
+        [c.provider for c in changes],
+        [c.key for c in changes],
+        [c.seq for c in changes],
+        [c.status.value for c in changes],
+        [c.event_id for c in changes],
+        [json.dumps(_envelope(c)) for c in changes],
+    )
+    if inserted:
+        await conn.execute("select pg_notify($1, '')", CHANNEL)
+
+
+def _envelope(change: "StatusChange") -> dict[str, Any]:
+    return {"type": "message.status", "id": change.event_id, "data": change.payload}
+
+
+# Subscriptions
+
+
+async def create_subscription(
+    conn: Conn,
+    *,
+    url: str,
+    description: str | None,
+    statuses: list[str] | None,
+    providers: list[str] | None,
+    enabled: bool,
+    secret: str,
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        """
+        insert into subscriptions (id, url, description, statuses, providers, enabled, secret)
+        values ($1, $2, $3, $4, $5, $6, $7)
+        returning *
+        """,
+        uuid.uuid4(),
+        url,
+        description,
+        statuses,
+        providers,
+        enabled,
+        secret,
+    )
+    assert row is not None
+    return row
+
+
+async def list_subscriptions(conn: Conn) -> list[asyncpg.Record]:
+    return await conn.fetch("select * from subscriptions order by created_at, id")
+
+
+async def get_subscription(conn: Conn, id_: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("select * from subscriptions where id = $1", id_)
+
+
+async def update_subscription(
+    conn: Conn, id_: uuid.UUID, changes: dict[str, Any]
+) -> asyncpg.Record | None:
+    """Apply the given fields; enabling again clears the reason it was disabled."""
+    current = await conn.fetchrow("select * from subscriptions where id = $1 for update", id_)
+    if current is None:
+        return None
+    merged = {**dict(current), **changes}
+    reenabled = changes.get("enabled") is True and not current["enabled"]
+    return await conn.fetchrow(
+        """
+        update subscriptions set url = $2, description = $3, statuses = $4, providers = $5,
+            enabled = $6,
+            disabled_reason = case when $7 then null else disabled_reason end,
+            failing_since = case when $7 then null else failing_since end,
+            updated_at = now()
+        where id = $1
+        returning *
+        """,
+        id_,
+        merged["url"],
+        merged["description"],
+        merged["statuses"],
+        merged["providers"],
+        merged["enabled"],
+        reenabled,
+    )
+
+
+async def rotate_secret(
+    conn: Conn, id_: uuid.UUID, secret: str, grace_seconds: float
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """
+        update subscriptions set previous_secret = secret, secret = $2,
+            previous_secret_expires_at = now() + make_interval(secs => $3),
+            updated_at = now()
+        where id = $1
+        returning *
+        """,
+        id_,
+        secret,
+        grace_seconds,
+    )
+
+
+async def delete_subscription(conn: Conn, id_: uuid.UUID) -> bool:
+    deleted = await conn.fetchval("delete from subscriptions where id = $1 returning 1", id_)
+    return deleted is not None
+
+
+# The forwarder's side
+
+
+async def claim(conn: Conn, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
+    """Take due deliveries of enabled subscriptions, leasing them to this forwarder.
+
+    SKIP LOCKED lets several forwarders claim side by side without waiting on each other; the
+    lease (next_attempt_at pushed out) hands a row back if its forwarder dies.
+    """
+    return await conn.fetch(
+        """
+        with due as (
+            select d.id from deliveries d
+            join subscriptions s on s.id = d.subscription_id and s.enabled
+            where d.state = 'pending' and d.next_attempt_at <= now()
+            order by d.next_attempt_at
+            limit $1
+            for update of d skip locked
+        )
+        update deliveries d
+        set attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+        from due, subscriptions s
+        where d.id = due.id and s.id = d.subscription_id
+        returning d.id, d.subscription_id, d.event_id, d.payload, d.attempts, s.url, s.secret,
+                  case when s.previous_secret_expires_at > now() then s.previous_secret end
+                      as previous_secret
+        """,
+        limit,
+        lease_seconds,
+    )
+
+
+async def next_due_in(conn: Conn) -> float | None:
+    """Seconds until the earliest pending delivery is due (None if there is none)."""
+    value = await conn.fetchval(
+        """
+        select extract(epoch from min(next_attempt_at) - now())::float8
+        from deliveries where state = 'pending'
+        """
+    )
+    return None if value is None else float(value)
+
+
+async def record_attempt(
+    conn: Conn,
+    delivery_id: uuid.UUID,
+    duration_ms: int,
+    status_code: int | None,
+    error: str | None,
+) -> None:
+    await conn.execute(
+        """
+        insert into delivery_attempts (delivery_id, duration_ms, status_code, error)
+        values ($1, $2, $3, $4)
+        """,
+        delivery_id,
+        duration_ms,
+        status_code,
+        error,
+    )
+
+
+async def mark_delivered(
+    conn: Conn, delivery_id: uuid.UUID, subscription_id: uuid.UUID, status_code: int
+) -> None:
+    await conn.execute(
+        """
+        update deliveries set state = 'delivered', delivered_at = now(), last_status = $2,
+            last_error = null
+        where id = $1
+        """,
+        delivery_id,
+        status_code,
+    )
+    await conn.execute(
+        "update subscriptions set failing_since = null where id = $1 and failing_since is not null",
+        subscription_id,
+    )
+
+
+async def mark_failed(
+    conn: Conn,
+    delivery_id: uuid.UUID,
+    subscription_id: uuid.UUID,
+    *,
+    status_code: int | None,
+    error: str,
+    retry_in: float | None,
+    disable_after_seconds: float,
+) -> str | None:
+    """Schedule the next try (or dead-letter when retry_in is None). Returns the reason the
+    subscription was disabled, if this failure ended a run of failures lasting too long."""
+    await conn.execute(
+        """
+        update deliveries set
+            state = case when $4::float8 is null then 'dead' else 'pending' end,
+            next_attempt_at = case when $4::float8 is null then next_attempt_at
+                                   else now() + make_interval(secs => $4) end,
+            last_status = $2, last_error = $3
+        where id = $1
+        """,
+        delivery_id,
+        status_code,
+        error,
+        retry_in,
+    )
+    reason: str | None = await conn.fetchval(
+        """
+        update subscriptions set
+            failing_since = coalesce(failing_since, now()),
+            enabled = case when failing_since < now() - make_interval(secs => $2) then false
+                           else enabled end,
+            disabled_reason = case when failing_since < now() - make_interval(secs => $2)
+                                   then 'failing continuously since ' || failing_since::text
+                                   else disabled_reason end
+        where id = $1
+        returning case when not enabled then disabled_reason end
+        """,
+        subscription_id,
+        disable_after_seconds,
+    )
+    return reason
+
+
+async def disable_subscription(conn: Conn, subscription_id: uuid.UUID, reason: str) -> None:
+    await conn.execute(
+        """
+        update subscriptions set enabled = false, disabled_reason = $2, updated_at = now()
+        where id = $1
+        """,
+        subscription_id,
+        reason,
+    )
+
+
+# Deliveries, for the API
+
+
+async def list_deliveries(
+    conn: Conn,
+    subscription_id: uuid.UUID,
+    state: str | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """
+        select id, event_id, provider, message_key, seq, status, state, attempts,
+               next_attempt_at, last_status, last_error, created_at, delivered_at
+        from deliveries
+        where subscription_id = $1 and ($2::text is null or state = $2)
+          and ($3::timestamptz is null or (created_at, id) < ($3, $4))
+        order by created_at desc, id desc
+        limit $5
+        """,
+        subscription_id,
+        state,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+
+
+async def get_delivery(
+    conn: Conn, subscription_id: uuid.UUID, delivery_id: uuid.UUID
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "select * from deliveries where subscription_id = $1 and id = $2",
+        subscription_id,
+        delivery_id,
+    )
+
+
+async def delivery_attempts(conn: Conn, delivery_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """
+        select attempted_at, duration_ms, status_code, error
+        from delivery_attempts where delivery_id = $1 order by id
+        """,
+        delivery_id,
+    )
+
+
+async def replay(
+    conn: Conn,
+    subscription_id: uuid.UUID,
+    *,
+    delivery_id: uuid.UUID | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    """Make deliveries due now with a fresh retry schedule; returns how many."""
+    count: int = await conn.fetchval(
+        """
+        with replayed as (
+            update deliveries set state = 'pending', attempts = 0, next_attempt_at = now()
+            where subscription_id = $1
+              and ($2::uuid is null or id = $2)
+              and ($3::timestamptz is null or created_at >= $3)
+              and ($4::timestamptz is null or created_at < $4)
+            returning 1
+        )
+        select count(*) from replayed
+        """,
+        subscription_id,
+        delivery_id,
+        since,
+        until,
+    )
+    if count:
+        await conn.execute("select pg_notify($1, '')", CHANNEL)
+    return count

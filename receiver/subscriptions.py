@@ -1,0 +1,273 @@
+"""Client side: subscriptions to status changes, their deliveries, and replays."""
+
+import asyncio
+import uuid
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+import asyncpg
+import yarl
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from receiver import forward_queries
+from receiver.db import connection
+from receiver.errors import ApiError
+from receiver.forward import new_secret
+from receiver.jsonio import json_response
+from receiver.keys import POOL, SETTINGS
+from receiver.netguard import BlockedAddress, GuardedResolver, check_literal, parse_networks
+from receiver.providers import PROVIDERS
+from receiver.providers.base import describe
+from receiver.status import Status
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Fields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2000)
+    description: str | None = Field(default=None, max_length=500)
+    # None: every status / provider. An empty list would match nothing, so it is refused.
+    statuses: list[Status] | None = Field(default=None, min_length=1)
+    providers: list[str] | None = Field(default=None, min_length=1)
+    enabled: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            url = yarl.URL(value)
+        except ValueError as exc:
+            raise ValueError("not a URL") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(value or ()) - set(PROVIDERS))
+        if unknown:
+            raise ValueError(f"unknown providers {unknown}; known: {sorted(PROVIDERS)}")
+        return value
+
+
+class _Patch(_Fields):
+    url: str = Field(default="", max_length=2000)
+
+
+class _Rotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # How long the old secret keeps signing beside the new one.
+    grace_seconds: float = Field(default=86400, ge=0, le=30 * 86400)
+
+
+class _ReplayRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class _DeliveryQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["pending", "delivered", "dead"] | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_body", describe(exc)) from exc
+
+
+def _id(request: web.Request, name: str = "id") -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError as exc:
+        raise ApiError(404, "not_found", f"no such {name.replace('_', ' ')}") from exc
+
+
+async def _check_target(request: web.Request, url: str) -> None:
+    """Refuse internal targets up front; the forwarder checks again on every delivery."""
+    allow = parse_networks(request.app[SETTINGS].forward_allow_networks)
+    host = yarl.URL(url).host or ""
+    resolver = GuardedResolver(allow)
+    try:
+        check_literal(host, allow)
+        await asyncio.wait_for(resolver.resolve(host.strip("[]"), 0), timeout=5)
+    except BlockedAddress as exc:
+        raise ApiError(400, "url_not_allowed", f"url: {exc}") from exc
+    except (OSError, TimeoutError):
+        pass  # does not resolve now; it may later, and delivery will check again then
+    finally:
+        await resolver.close()
+
+
+def _view(row: asyncpg.Record, secret: str | None = None) -> dict[str, Any]:
+    view = {
+        "id": str(row["id"]),
+        "url": row["url"],
+        "description": row["description"],
+        "statuses": row["statuses"],
+        "providers": row["providers"],
+        "enabled": row["enabled"],
+        "disabled_reason": row["disabled_reason"],
+        "failing_since": row["failing_since"],
+        "previous_secret_expires_at": row["previous_secret_expires_at"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+    if secret is not None:
+        view["secret"] = secret  # shown once, at creation or rotation
+    return view
+
+
+async def create(request: web.Request) -> web.Response:
+    fields = await _body(request, _Fields)
+    await _check_target(request, fields.url)
+    secret = new_secret()
+    async with connection(request.app[POOL]) as conn:
+        row = await forward_queries.create_subscription(
+            conn,
+            url=fields.url,
+            description=fields.description,
+            statuses=[s.value for s in fields.statuses] if fields.statuses else None,
+            providers=list(fields.providers) if fields.providers else None,
+            enabled=fields.enabled,
+            secret=secret,
+        )
+    return json_response(_view(row, secret), status=201)
+
+
+async def list_all(request: web.Request) -> web.Response:
+    async with connection(request.app[POOL]) as conn:
+        rows = await forward_queries.list_subscriptions(conn)
+    return json_response({"subscriptions": [_view(r) for r in rows]})
+
+
+async def read(request: web.Request) -> web.Response:
+    async with connection(request.app[POOL]) as conn:
+        row = await forward_queries.get_subscription(conn, _id(request))
+    if row is None:
+        raise ApiError(404, "not_found", "no such subscription")
+    return json_response(_view(row))
+
+
+async def update(request: web.Request) -> web.Response:
+    subscription_id = _id(request)
+    patch = await _body(request, _Patch)
+    changes: dict[str, Any] = {}
+    for name in patch.model_fields_set:
+        value = getattr(patch, name)
+        if name == "statuses" and value is not None:
+            value = [s.value for s in value]
+        changes[name] = value
+    if "url" in changes:
+        await _check_target(request, changes["url"])
+    async with connection(request.app[POOL]) as conn, conn.transaction():
+        row = await forward_queries.update_subscription(conn, subscription_id, changes)
+    if row is None:
+        raise ApiError(404, "not_found", "no such subscription")
+    return json_response(_view(row))
+
+
+async def delete(request: web.Request) -> web.Response:
+    async with connection(request.app[POOL]) as conn:
+        deleted = await forward_queries.delete_subscription(conn, _id(request))
+    if not deleted:
+        raise ApiError(404, "not_found", "no such subscription")
+    return web.Response(status=204)
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    rotate = await _body(request, _Rotate)
+    secret = new_secret()
+    async with connection(request.app[POOL]) as conn:
+        row = await forward_queries.rotate_secret(conn, _id(request), secret, rotate.grace_seconds)
+    if row is None:
+        raise ApiError(404, "not_found", "no such subscription")
+    return json_response(_view(row, secret))
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    subscription_id = _id(request)
+    try:
+        query = _DeliveryQuery.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_query", describe(exc)) from exc
+    after = None
+    if query.cursor:
+        created, _, last_id = query.cursor.partition("|")
+        try:
+            after = (datetime.fromisoformat(created), uuid.UUID(last_id))
+        except ValueError as exc:
+            raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    async with connection(request.app[POOL]) as conn:
+        if await forward_queries.get_subscription(conn, subscription_id) is None:
+            raise ApiError(404, "not_found", "no such subscription")
+        rows = await forward_queries.list_deliveries(
+            conn, subscription_id, query.state, after, query.limit
+        )
+    next_cursor = None
+    if len(rows) == query.limit:
+        next_cursor = f"{rows[-1]['created_at'].isoformat()}|{rows[-1]['id']}"
+    return json_response({"deliveries": [_delivery(r) for r in rows], "next_cursor": next_cursor})
+
+
+async def read_delivery(request: web.Request) -> web.Response:
+    subscription_id, delivery_id = _id(request), _id(request, "delivery_id")
+    async with connection(request.app[POOL]) as conn:
+        row = await forward_queries.get_delivery(conn, subscription_id, delivery_id)
+        if row is None:
+            raise ApiError(404, "not_found", "no such delivery")
+        attempts = await forward_queries.delivery_attempts(conn, delivery_id)
+    return json_response(
+        {**_delivery(row), "payload": row["payload"], "attempts": [dict(a) for a in attempts]}
+    )
+
+
+async def replay_one(request: web.Request) -> web.Response:
+    subscription_id, delivery_id = _id(request), _id(request, "delivery_id")
+    async with connection(request.app[POOL]) as conn:
+        count = await forward_queries.replay(conn, subscription_id, delivery_id=delivery_id)
+    if count == 0:
+        raise ApiError(404, "not_found", "no such delivery")
+    return json_response({"replayed": count}, status=202)
+
+
+async def replay_range(request: web.Request) -> web.Response:
+    subscription_id = _id(request)
+    window = await _body(request, _ReplayRange)
+    async with connection(request.app[POOL]) as conn:
+        if await forward_queries.get_subscription(conn, subscription_id) is None:
+            raise ApiError(404, "not_found", "no such subscription")
+        count = await forward_queries.replay(
+            conn, subscription_id, since=window.since, until=window.until
+        )
+    return json_response({"replayed": count}, status=202)
+
+
+def _delivery(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "event_id": row["event_id"],
+        "provider": row["provider"],
+        "message_id": row["message_key"],
+        "seq": row["seq"],
+        "status": row["status"],
+        "state": row["state"],
+        "attempts": row["attempts"],
+        "next_attempt_at": row["next_attempt_at"] if row["state"] == "pending" else None,
+        "last_status": row["last_status"],
+        "last_error": row["last_error"],
+        "created_at": row["created_at"],
+        "delivered_at": row["delivered_at"],
+    }

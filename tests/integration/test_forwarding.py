@@ -491,3 +491,44 @@ async def test_subscription_crud(client: Client) -> None:
     assert (await client.delete(path, headers=AUTH)).status == 204
     assert (await client.get(path, headers=AUTH)).status == 404
     assert (await client.get("/v1/subscriptions/not-a-uuid", headers=AUTH)).status == 404
+
+
+async def test_a_subscription_failing_for_days_is_disabled_with_a_reason(
+    fclient: Client, subscriber: Subscriber, db: asyncpg.Connection
+) -> None:
+    subscriber.plan.extend([500] * 10)
+    sub = await subscribe(fclient, subscriber.url)
+    # It has been failing, without one success, for six days already.
+    await db.execute("update subscriptions set failing_since = now() - interval '6 days'")
+    await report(fclient, "omni-days", "DELIVRD")
+
+    async def disabled() -> bool:
+        return bool(await db.fetchval("select not enabled from subscriptions"))
+
+    await eventually(disabled)
+    view = await (await fclient.get(f"/v1/subscriptions/{sub['id']}", headers=AUTH)).json()
+    assert view["disabled_reason"].startswith("failing continuously since")
+    # Enabling it again starts afresh.
+    resp = await fclient.patch(
+        f"/v1/subscriptions/{sub['id']}", json={"enabled": True}, headers=AUTH
+    )
+    again = await resp.json()
+    assert (again["enabled"], again["disabled_reason"], again["failing_since"]) == (
+        True,
+        None,
+        None,
+    )
+
+
+async def test_a_success_ends_a_failing_streak(
+    fclient: Client, subscriber: Subscriber, db: asyncpg.Connection
+) -> None:
+    subscriber.plan.append(500)
+    await subscribe(fclient, subscriber.url)
+    await report(fclient, "omni-streak", "DELIVRD")
+
+    async def delivered() -> bool:
+        return bool(await db.fetchval("select state from deliveries") == "delivered")
+
+    await eventually(delivered)
+    assert await db.fetchval("select failing_since from subscriptions") is None

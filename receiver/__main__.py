@@ -1,4 +1,4 @@
-"""The command line: `python -m receiver serve | migrate | forward`."""
+"""The command line: `python -m receiver serve | migrate | forward | poll`."""
 
 import argparse
 import asyncio
@@ -12,10 +12,12 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from receiver import logs, migrate
-from receiver.app import create_app
+from receiver.app import create_app, make_ingestor
 from receiver.db import open_pool
 from receiver.embedded import embedded_postgres
 from receiver.forward import Forwarder, http_client
+from receiver.poll import Poller
+from receiver.poll import http_client as poll_client
 from receiver.settings import Settings
 
 log = structlog.get_logger()
@@ -58,12 +60,35 @@ async def _forward(settings: Settings) -> None:
         await forwarder.run()
 
 
+async def _poll(settings: Settings) -> None:
+    """The poller alone, for running it apart from the HTTP service."""
+    assert settings.database_url is not None
+    async with (
+        open_pool(settings.database_url.get_secret_value(), settings.db_pool_size) as pool,
+        poll_client(settings) as session,
+    ):
+        async with pool.acquire() as conn:
+            await migrate.apply(conn)
+        ingestor = make_ingestor(pool, settings)
+        ingestor.start()
+        poller = Poller(pool, ingestor, session, settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, poller.stop)
+        log.info("poll.start")
+        try:
+            await poller.run()
+        finally:
+            await ingestor.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP service (migrates first)")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
     commands.add_parser("forward", help="run only the forwarder (serve runs one too)")
+    commands.add_parser("poll", help="run only the poller (serve runs one too)")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -73,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_migrate(settings))
         elif args.command == "forward":
             asyncio.run(_forward(settings))
+        elif args.command == "poll":
+            asyncio.run(_poll(settings))
         else:
             log.info("serve.start", host=settings.host, port=settings.port)
             web.run_app(

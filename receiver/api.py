@@ -92,6 +92,9 @@ async def get_message(request: web.Request) -> web.Response:
             "channel_order": row["channel_order"],
             "attempts": row["attempts"],
             "seq": row["seq"],
+            # Polling gave up on it (past RECEIVER_POLL_MAX_AGE): its status is the last known.
+            "stale": row["stale"],
+            "next_poll_at": row["next_poll_at"],
             "registered_at": row["registered_at"],
             "created_at": row["created_at"],
             "updated_at": row["updated_at"],

@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import AsyncIterator
 
+import asyncpg
 from aiohttp import web
 
 from receiver import api, migrate, subscriptions, webhooks
@@ -13,6 +14,9 @@ from receiver.forward import Forwarder, http_client
 from receiver.ingest import Ingestor
 from receiver.keys import INGESTOR, POOL, SETTINGS
 from receiver.logs import access_log_middleware
+from receiver.poll import Poller
+from receiver.poll import http_client as poll_client
+from receiver.providers import PROVIDERS
 from receiver.settings import Settings
 
 
@@ -53,7 +57,19 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_ingest)
     if settings.forward_enabled:
         app.cleanup_ctx.append(_forwarding)
+    if settings.poll_enabled:
+        app.cleanup_ctx.append(_polling)
     return app
+
+
+def make_ingestor(pool: asyncpg.Pool, settings: Settings) -> Ingestor:
+    return Ingestor(
+        pool,
+        settings.ingest_max_batch,
+        settings.ingest_max_inflight,
+        polled_providers=[p.name for p in PROVIDERS.values() if p.poll is not None],
+        first_poll_in=settings.poll_min_interval,
+    )
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -68,7 +84,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 async def _ingest(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    ingestor = Ingestor(app[POOL], settings.ingest_max_batch, settings.ingest_max_inflight)
+    ingestor = make_ingestor(app[POOL], settings)
     ingestor.start()
     app[INGESTOR] = ingestor
     yield
@@ -81,4 +97,13 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(forwarder.run(), name="forward")
         yield
         forwarder.stop()
+        await task
+
+
+async def _polling(app: web.Application) -> AsyncIterator[None]:
+    async with poll_client(app[SETTINGS]) as session:
+        poller = Poller(app[POOL], app[INGESTOR], session, app[SETTINGS])
+        task = asyncio.create_task(poller.run(), name="poll")
+        yield
+        poller.stop()
         await task

@@ -3,7 +3,6 @@ per the Standard Webhooks spec, with retries, dead-lettering and circuit breakin
 
 import asyncio
 import base64
-import email.utils
 import hashlib
 import hmac
 import json
@@ -24,6 +23,7 @@ import yarl
 from receiver import forward_queries
 from receiver.db import connection, is_transient
 from receiver.netguard import BlockedAddress, GuardedResolver, check_literal, parse_networks
+from receiver.retry_after import parse_retry_after
 from receiver.settings import Settings
 
 log = structlog.get_logger()
@@ -251,23 +251,10 @@ class Forwarder:
         # Jitter spreads retries so a recovering subscriber is not hit by all of them at once.
         delay = schedule[attempts - 1] * random.uniform(0.8, 1.2)  # noqa: S311 - not crypto
         if status in (429, 503) and retry_after:
-            asked = _parse_retry_after(retry_after)
+            asked = parse_retry_after(retry_after)
             if asked is not None:
                 delay = min(max(asked, 1.0), self._settings.forward_max_retry_after)
         return delay
-
-
-def _parse_retry_after(value: str) -> float | None:
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _describe(status: int, peek: bytes) -> str:

@@ -67,8 +67,19 @@ class _Submission:
 
 
 class Ingestor:
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 2000, max_inflight: int = 2) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        max_batch: int = 2000,
+        max_inflight: int = 2,
+        *,
+        polled_providers: Sequence[str] = (),
+        first_poll_in: float = 30.0,
+    ) -> None:
         self._pool = pool
+        # New messages of these providers get a first poll scheduled.
+        self._polled_providers = tuple(polled_providers)
+        self._first_poll_in = first_poll_in
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(max_inflight)
         self._pending: deque[_Submission] = deque()
@@ -148,7 +159,7 @@ class Ingestor:
                 item.changes.clear()
             try:
                 async with connection(self._pool) as conn, conn.transaction():
-                    await store(conn, batch)
+                    await store(conn, batch, self._polled_providers, self._first_poll_in)
                 self.transactions += 1
                 return
             except asyncpg.exceptions.TransactionRollbackError:
@@ -194,7 +205,12 @@ def _resolve(batch: list[_Submission]) -> None:
             item.future.set_result(IngestResult(item.new_events, total - item.new_events))
 
 
-async def store(conn: Conn, batch: Sequence[_Submission]) -> None:
+async def store(
+    conn: Conn,
+    batch: Sequence[_Submission],
+    polled_providers: Sequence[str] = (),
+    first_poll_in: float = 30.0,
+) -> None:
     """One transaction's work: receipts, messages, aliases, events, then derived statuses."""
     await queries.insert_receipts(conn, [item.receipt for item in batch])
     pairs = [(item, update) for item in batch for update in item.updates]
@@ -203,7 +219,9 @@ async def store(conn: Conn, batch: Sequence[_Submission]) -> None:
 
     before = {
         (r["provider"], r["key"]): r
-        for r in await queries.upsert_messages(conn, _message_rows([u for _, u in pairs]))
+        for r in await queries.upsert_messages(
+            conn, _message_rows([u for _, u in pairs]), polled_providers, first_poll_in
+        )
     }
     aliases = sorted({(u.provider, alias, u.message_key) for _, u in pairs for alias in u.aliases})
     if aliases:

@@ -26,21 +26,29 @@ async def insert_receipts(conn: Conn, receipts: Sequence[Receipt]) -> None:
     )
 
 
-async def upsert_messages(conn: Conn, rows: Sequence[dict[str, Any]]) -> list[asyncpg.Record]:
+async def upsert_messages(
+    conn: Conn,
+    rows: Sequence[dict[str, Any]],
+    polled_providers: Sequence[str] = (),
+    first_poll_in: float = 30.0,
+) -> list[asyncpg.Record]:
     """Create or enrich messages; returns each row with the status it had before this batch.
 
     Rule 5: a report may create a message before it is registered; registering merges into it.
     The DO UPDATE always runs, so every row this batch touches stays locked until commit: two
     batches touching one message take turns, and the status is always computed from all of its
     committed events. Callers pass rows sorted by key so those locks are taken in one order.
+    A new message of a provider polled per message gets its first poll scheduled.
     """
     return await conn.fetch(
         """
         insert into messages as m (provider, key, recipient, group_key, reference, channel_order,
-                                   registered_at)
+                                   registered_at, next_poll_at)
         select u.provider, u.key, u.recipient, u.group_key, u.reference,
                string_to_array(u.channel_order, ','),
-               case when u.registered then now() end
+               case when u.registered then now() end,
+               case when u.provider = any($8::text[])
+                    then now() + make_interval(secs => $9) end
         from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                     $7::bool[])
              as u(provider, key, recipient, group_key, reference, channel_order, registered)
@@ -64,6 +72,8 @@ async def upsert_messages(conn: Conn, rows: Sequence[dict[str, Any]]) -> list[as
         [r["reference"] for r in rows],
         [r["channel_order"] for r in rows],
         [r["registered"] for r in rows],
+        list(polled_providers),
+        first_poll_in,
     )
 
 
@@ -299,3 +309,86 @@ async def group_members(
         after,
         limit,
     )
+
+
+# Polling
+
+
+async def claim_polls(
+    conn: Conn,
+    providers: Sequence[str],
+    limit: int,
+    *,
+    min_interval: float,
+    max_interval: float,
+    max_age: float,
+) -> list[asyncpg.Record]:
+    """Take unfinished messages due for a poll and schedule their next one (doubling from
+    min_interval up to max_interval). Past max_age a message is marked stale instead, and
+    comes back with stale = true so the caller skips it."""
+    return await conn.fetch(
+        """
+        with due as (
+            select provider, key from messages
+            where provider = any($1::text[]) and next_poll_at <= now() and not stale
+              and status not in ('delivered', 'read', 'failed', 'expired', 'rejected',
+                                 'cancelled')
+            order by next_poll_at
+            limit $2
+            for update skip locked
+        )
+        update messages m set
+            stale = m.created_at < now() - make_interval(secs => $5),
+            next_poll_at = case
+                when m.created_at < now() - make_interval(secs => $5) then null
+                else now() + make_interval(
+                    secs => least($4, $3 * power(2, least(m.poll_attempts, 30))))
+            end,
+            poll_attempts = m.poll_attempts + 1
+        from due
+        where m.provider = due.provider and m.key = due.key
+        returning m.provider, m.key, m.group_key, m.stale
+        """,
+        list(providers),
+        limit,
+        min_interval,
+        max_interval,
+        max_age,
+    )
+
+
+async def poll_later(conn: Conn, provider: str, keys: Sequence[str], seconds: float) -> None:
+    """Move these messages' next poll (a provider asked us to back off)."""
+    await conn.execute(
+        """
+        update messages set next_poll_at = now() + make_interval(secs => $3)
+        where provider = $1 and key = any($2::text[]) and next_poll_at is not null
+        """,
+        provider,
+        list(keys),
+        seconds,
+    )
+
+
+async def stop_polling(conn: Conn, provider: str, keys: Sequence[str]) -> None:
+    await conn.execute(
+        "update messages set next_poll_at = null where provider = $1 and key = any($2::text[])",
+        provider,
+        list(keys),
+    )
+
+
+async def group_keys(
+    conn: Conn, provider: str, group: str, exclude_status: str | None = None
+) -> list[str]:
+    rows = await conn.fetch(
+        """
+        select key from messages
+        where provider = $1 and group_key = $2 and ($3::text is null or status <> $3)
+        order by key
+        """,
+        provider,
+        group,
+        exclude_status,
+    )
+    return [r["key"] for r in rows]

@@ -44,8 +44,17 @@ class Settings(BaseSettings):
     # Mercury publishes no public API host: each customer gets their own.
     mercury_base_url: str | None = None
 
-    poll_min_interval: float = 30.0
-    infobip_poll_interval: float = 10.0
+    # Polling. Each unfinished message is polled first poll_min_interval after it is first
+    # seen, then at doubling intervals up to poll_max_interval, until final or poll_max_age.
+    poll_enabled: bool = True
+    poll_min_interval: float = Field(default=30.0, gt=0)
+    poll_max_interval: float = Field(default=3600.0, gt=0)
+    poll_max_age: float = Field(default=2 * 86400, gt=0)
+    # Per provider: requests in flight, and requests started per second.
+    poll_concurrency: int = Field(default=4, gt=0)
+    poll_rate: float = Field(default=10.0, gt=0)
+    poll_timeout: float = Field(default=15.0, gt=0)
+    infobip_poll_interval: float = Field(default=10.0, gt=0)
     forward_allow_networks: Annotated[tuple[str, ...], NoDecode] = ()
     insecure_webhooks: Annotated[tuple[str, ...], NoDecode] = ()
 

@@ -1,14 +1,16 @@
 """What a provider module offers the service, and the small helpers its parsers share."""
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+import aiohttp
 from pydantic import ValidationError
 
 from receiver.reports import InvalidReport, Parsed, StatusUpdate
+from receiver.retry_after import parse_retry_after
 from receiver.settings import Settings
 
 
@@ -37,12 +39,50 @@ RegistrationParser = Callable[[Registration], list[StatusUpdate]]
 
 
 @dataclass(frozen=True)
+class PollTarget:
+    """What one poll asks about: a message, or for Mercury a dispatch and its recipients."""
+
+    key: str
+    group: str | None = None
+    members: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A poll's answer: the raw body (kept as a receipt), its updates, and whether polling
+    this target can stop although its status is not final (a Mercury dispatch fully queued)."""
+
+    body: bytes
+    updates: list[StatusUpdate]
+    problems: list[str] = field(default_factory=list)
+    done: bool = False
+
+
+class PollError(Exception):
+    """The provider did not answer usefully: 429, 5xx, a timeout, a refused connection."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+# poll(client session, settings, target) -> Fetched, for providers polled message by message.
+Poller = Callable[[aiohttp.ClientSession, Settings, PollTarget], Awaitable[Fetched]]
+
+
+@dataclass(frozen=True)
 class Provider:
     name: str
     parse_registration: RegistrationParser
     # None for a provider that never pushes (Mercury is only polled).
     verify: Verifier | None = None
     parse_webhook: WebhookParser | None = None
+    # Per-message status polling, and whether the settings hold what it needs.
+    poll: Poller | None = None
+    poll_configured: Callable[[Settings], bool] | None = None
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -85,3 +125,36 @@ def clean_json(value: Any) -> Any:
 def header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
     return value.strip() if value else None
+
+
+async def fetch(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    params: Mapping[str, str] | None = None,
+) -> bytes | None:
+    """GET a provider API; the body on 200, None on 404, PollError on anything worth retrying."""
+    try:
+        async with session.get(
+            url, headers=dict(headers), params=params, allow_redirects=False
+        ) as resp:
+            body = await resp.read()
+            if resp.status == 200:
+                return body
+            if resp.status == 404:
+                return None
+            raise PollError(
+                f"HTTP {resp.status} from {url}",
+                status=resp.status,
+                retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise PollError(f"{type(exc).__name__} from {url}: {exc}") from exc
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    return {
+        "Authorization": aiohttp.BasicAuth(user, password).encode(),
+        "Accept": "application/json",
+    }

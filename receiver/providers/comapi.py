@@ -5,19 +5,26 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from receiver.providers.base import (
+    Fetched,
+    PollTarget,
     Provider,
     Registration,
     Verification,
     as_utc,
+    basic_auth,
     clean,
     clean_json,
     describe,
+    fetch,
     header,
     invalid,
 )
@@ -156,9 +163,16 @@ def envelope_updates(envelope: _Envelope) -> list[StatusUpdate]:
     # Branch failover: channelStatus holds every channel tried so far. The current channel is the
     # envelope's own event; the others become attempt events of their own, so a failed
     # fbMessenger shows as such beside a delivered sms.
-    for name, state in details.channelStatus.items():
-        if name == channel:
-            continue
+    others = {k: v for k, v in details.channelStatus.items() if k != channel}
+    return updates + _channel_updates(common, others)
+
+
+def _channel_updates(
+    common: dict[str, Any], channel_status: dict[str, _ChannelStatus]
+) -> list[StatusUpdate]:
+    """One attempt event per channel; webhook and poll build the same dedup keys."""
+    updates = []
+    for name, state in channel_status.items():
         mapped = STATUSES.get(state.status.lower())
         at = as_utc(state.updatedOn) if state.updatedOn else None
         updates.append(
@@ -280,6 +294,74 @@ def _recipient(to: _To | None) -> str | None:
     return clean(to.phoneNumber or to.email or to.profileId, 200)
 
 
+class _StatusDetails(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    channel: str | None = None
+    channelStatus: dict[str, _ChannelStatus] = Field(default_factory=dict)  # noqa: N815
+
+
+class _Message(BaseModel):
+    """`GET /cpaas/messages/{messageId}`: the message's current state."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messageId: str | None = None  # noqa: N815
+    status: str | None = Field(default=None, max_length=100)
+    statusDetails: _StatusDetails = Field(default_factory=_StatusDetails)  # noqa: N815
+    to: _To | None = None
+    rules: list[str] | None = None
+    sentOn: datetime | None = None  # noqa: N815
+
+
+def poll_configured(settings: Settings) -> bool:
+    return bool(settings.comapi_api_username and settings.comapi_api_password)
+
+
+async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollTarget) -> Fetched:
+    assert settings.comapi_api_username
+    assert settings.comapi_api_password
+    url = f"{settings.comapi_base_url.rstrip('/')}/cpaas/messages/{quote(target.key, safe='')}"
+    headers = basic_auth(
+        settings.comapi_api_username, settings.comapi_api_password.get_secret_value()
+    )
+    body = await fetch(session, url, headers=headers)
+    if body is None:
+        # Batch sends take a few seconds to become visible; the next poll will see it.
+        return Fetched(b"", [], ["Comapi does not know this message yet (404)"])
+    try:
+        message = _Message.model_validate_json(body)
+    except ValidationError as exc:
+        return Fetched(body, [], [describe(exc)])
+    common: dict[str, Any] = {
+        "provider": NAME,
+        "message_key": target.key,
+        "recipient": _recipient(message.to),
+    }
+    updates = _channel_updates(common, message.statusDetails.channelStatus)
+    if not updates and message.status:
+        # No per-channel detail (yet): the message-level status stands for the whole message.
+        raw = message.status.lower()
+        updates.append(
+            StatusUpdate(
+                **common,
+                status=STATUSES.get(raw, Status.UNKNOWN),
+                dedup_key=f"status|{raw}",
+                provider_status=clean(raw, 100),
+                unmapped=raw not in STATUSES,
+                details={"status": raw},
+            )
+        )
+    if updates and message.rules:
+        updates[0] = replace(updates[0], channel_order=tuple(message.rules))
+    return Fetched(body, updates)
+
+
 PROVIDER = Provider(
-    name=NAME, parse_registration=parse_registration, verify=verify, parse_webhook=parse_webhook
+    name=NAME,
+    parse_registration=parse_registration,
+    verify=verify,
+    parse_webhook=parse_webhook,
+    poll=poll,
+    poll_configured=poll_configured,
 )

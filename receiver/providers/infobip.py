@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from receiver.providers import xmlbody
@@ -20,6 +21,7 @@ from receiver.providers.base import (
     clean,
     clean_json,
     describe,
+    fetch,
     header,
     invalid,
 )
@@ -258,6 +260,27 @@ def parse_registration(registration: Registration) -> list[StatusUpdate]:
             )
         )
     return updates
+
+
+# Report queues drained by the poller. Each report comes out of them once (within 48 h), so
+# every batch is committed before the next call, and one poller per account runs at a time.
+REPORT_PATHS = ("/sms/1/reports", "/sms/3/reports", "/omni/1/reports")
+REPORT_LIMIT = 1000  # the documented maximum per call
+
+
+def poll_configured(settings: Settings) -> bool:
+    return settings.infobip_api_key is not None
+
+
+async def fetch_reports(session: aiohttp.ClientSession, settings: Settings, path: str) -> bytes:
+    assert settings.infobip_api_key is not None
+    headers = {
+        "Authorization": f"App {settings.infobip_api_key.get_secret_value()}",
+        "Accept": "application/json",
+    }
+    url = settings.infobip_base_url.rstrip("/") + path
+    body = await fetch(session, url, headers=headers, params={"limit": str(REPORT_LIMIT)})
+    return b'{"results": []}' if body is None else body
 
 
 PROVIDER = Provider(

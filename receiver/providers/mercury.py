@@ -1,11 +1,27 @@
 """Mercury Web API: SendMessages registration. Mercury has no push; its dispatches are polled."""
 
+from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from receiver.providers.base import Provider, Registration, clean, clean_json, invalid
+from receiver.providers.base import (
+    Fetched,
+    PollTarget,
+    Provider,
+    Registration,
+    as_utc,
+    basic_auth,
+    clean,
+    clean_json,
+    describe,
+    fetch,
+    invalid,
+)
 from receiver.reports import InvalidReport, StatusUpdate
+from receiver.settings import Settings
 from receiver.status import Status
 
 NAME = "mercury"
@@ -119,4 +135,81 @@ def parse_registration(registration: Registration) -> list[StatusUpdate]:
     return updates
 
 
-PROVIDER = Provider(name=NAME, parse_registration=parse_registration)
+class _Dispatch(BaseModel):
+    """`GET /api/Dispatches/{DispatchId}`: the dispatch's queue state (no per-handset status)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    dispatchId: int | None = None  # noqa: N815
+    sendStatusId: int  # noqa: N815
+    messageTypeId: int | None = None  # noqa: N815
+    hasStartedQueuing: bool | None = None  # noqa: N815
+    hasFinishedQueuing: bool | None = None  # noqa: N815
+    errorMessage: str | None = None  # noqa: N815
+    createdAt: datetime | None = None  # noqa: N815
+    startedQueuingAt: datetime | None = None  # noqa: N815
+    finishedQueuingAt: datetime | None = None  # noqa: N815
+    lastUpdate: datetime | None = None  # noqa: N815
+
+
+# sendStatusId: 1 Draft, 2 Pending, 3 Queued, 7 Error. 4-6 are undocumented.
+SEND_STATUSES: dict[int, Status] = {
+    1: Status.ACCEPTED,
+    2: Status.ACCEPTED,
+    3: Status.SENT,  # once hasFinishedQueuing: handed to the gateway. Never "delivered".
+    7: Status.FAILED,
+}
+CHANNELS = {1: "sms", 2: "email"}  # messageTypeId
+
+
+def poll_configured(settings: Settings) -> bool:
+    return bool(
+        settings.mercury_base_url and settings.mercury_username and settings.mercury_password
+    )
+
+
+async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollTarget) -> Fetched:
+    assert settings.mercury_base_url
+    assert settings.mercury_username
+    assert settings.mercury_password
+    dispatch = target.group or target.key.split(":", 1)[0]
+    url = f"{settings.mercury_base_url.rstrip('/')}/api/Dispatches/{quote(dispatch, safe='')}"
+    headers = basic_auth(settings.mercury_username, settings.mercury_password.get_secret_value())
+    body = await fetch(session, url, headers=headers)
+    if body is None:
+        return Fetched(b"", [], [f"Mercury does not know dispatch {dispatch} (404)"])
+    try:
+        found = _Dispatch.model_validate_json(body)
+    except ValidationError as exc:
+        return Fetched(body, [], [describe(exc)])
+    finished = bool(found.hasFinishedQueuing)
+    status = SEND_STATUSES.get(found.sendStatusId, Status.UNKNOWN)
+    if status is Status.SENT and not finished:
+        status = Status.ACCEPTED  # queued, but not all of it handed over yet
+    at = found.finishedQueuingAt or found.lastUpdate or found.startedQueuingAt or found.createdAt
+    # Mercury writes local times without a zone (the docs' examples are +03:00, Athens).
+    # UNCONFIRMED; read as UTC, and the raw value stays in details.
+    updates = [
+        StatusUpdate(
+            provider=NAME,
+            message_key=key,
+            status=status,
+            dedup_key=f"dispatch|{found.sendStatusId}|{finished}",
+            provider_status=f"sendStatusId {found.sendStatusId}",
+            provider_code=str(found.sendStatusId),
+            channel=CHANNELS.get(found.messageTypeId or 0),
+            occurred_at=as_utc(at) if at else None,
+            error_text=clean(found.errorMessage) if status is Status.FAILED else None,
+            unmapped=found.sendStatusId not in SEND_STATUSES,
+            details=clean_json(found.model_dump(mode="json", exclude_none=True)),
+            group_key=dispatch,
+        )
+        for key in target.members
+    ]
+    done = found.sendStatusId == 7 or (found.sendStatusId == 3 and finished)
+    return Fetched(body, updates, done=done)
+
+
+PROVIDER = Provider(
+    name=NAME, parse_registration=parse_registration, poll=poll, poll_configured=poll_configured
+)

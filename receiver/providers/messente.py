@@ -3,18 +3,26 @@
 import hashlib
 import hmac
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from receiver.providers.base import (
+    Fetched,
+    PollTarget,
     Provider,
     Registration,
     Verification,
     as_utc,
+    basic_auth,
     clean,
     clean_json,
+    describe,
+    fetch,
     header,
     invalid,
 )
@@ -179,6 +187,62 @@ def parse_registration(registration: Registration) -> list[StatusUpdate]:
     ]
 
 
+class _StatusResponse(BaseModel):
+    """`GET /v1/omnimessage/{id}/status`: every channel's DeliveryResult, in send order."""
+
+    model_config = ConfigDict(extra="allow")
+
+    omnimessage_id: str | None = None
+    to: str | None = None
+    statuses: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def poll_configured(settings: Settings) -> bool:
+    return bool(settings.messente_api_username and settings.messente_api_password)
+
+
+async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollTarget) -> Fetched:
+    assert settings.messente_api_username
+    assert settings.messente_api_password
+    base = settings.messente_base_url.rstrip("/")
+    url = f"{base}/v1/omnimessage/{quote(target.key, safe='')}/status"
+    headers = basic_auth(
+        settings.messente_api_username, settings.messente_api_password.get_secret_value()
+    )
+    body = await fetch(session, url, headers=headers)
+    if body is None:
+        return Fetched(b"", [], ["Messente does not know this omnimessage (404)"])
+    try:
+        response = _StatusResponse.model_validate_json(body)
+    except ValidationError as exc:
+        return Fetched(body, [], [describe(exc)])
+    updates, problems = [], []
+    order = []
+    for index, item in enumerate(response.statuses):
+        # The docs' own example has inner omnimessage_ids that differ from the outer one: the
+        # id we asked about is the one that counts.
+        try:
+            result = _DeliveryResult.model_validate({**item, "omnimessage_id": target.key})
+        except ValidationError as exc:
+            problems.append(f"statuses[{index}]: {describe(exc)}")
+            continue
+        if result.to is None:
+            result.to = response.to
+        update = report_to_update(result)
+        updates.append(update)
+        if update.channel and update.channel not in order:
+            order.append(update.channel)
+    if updates and order:
+        # statuses[] is in send order: the fallback order, known now even if never registered.
+        updates[0] = replace(updates[0], channel_order=tuple(order))
+    return Fetched(body, updates, problems)
+
+
 PROVIDER = Provider(
-    name=NAME, parse_registration=parse_registration, verify=verify, parse_webhook=parse_webhook
+    name=NAME,
+    parse_registration=parse_registration,
+    verify=verify,
+    parse_webhook=parse_webhook,
+    poll=poll,
+    poll_configured=poll_configured,
 )

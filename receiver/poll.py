@@ -97,6 +97,11 @@ class Poller:
         with suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
+    def _backoff(self, name: str) -> float:
+        """Doubling with each failure in a row, from up to a second, to at most a minute."""
+        base = min(1.0, self._settings.poll_min_interval)
+        return float(min(base * 2.0 ** self._failures[name], 60.0))
+
     def _active(self) -> list[str]:
         now = asyncio.get_running_loop().time()
         return [p.name for p in self._polled if self._paused_until.get(p.name, 0) <= now]
@@ -146,7 +151,10 @@ class Poller:
                 jobs.append(self._poll_group(provider, row["group_key"]))
             else:
                 jobs.append(self._poll_one(provider, PollTarget(row["key"]), [row["key"]]))
-        await asyncio.gather(*jobs)
+        for outcome in await asyncio.gather(*jobs, return_exceptions=True):
+            # One target's failure is that target's: the others in the round stand.
+            if isinstance(outcome, BaseException):
+                log.error("poll.failed", error=f"{type(outcome).__name__}: {outcome}")
         return len(claimed)
 
     async def _poll_group(self, provider: Provider, group: str) -> None:
@@ -189,7 +197,7 @@ class Poller:
         else:
             # 5xx, timeouts: back off this provider a little more each time in a row.
             self._failures[name] += 1
-            pause = min(2.0 ** self._failures[name], 60.0)
+            pause = self._backoff(name)
         self._paused_until[name] = asyncio.get_running_loop().time() + pause
         log.warning("poll.provider_failed", provider=name, error=str(exc), pause=pause)
         async with connection(self._pool) as conn:
@@ -209,7 +217,7 @@ class Poller:
                     pause = min(max(exc.retry_after or _DEFAULT_PAUSE, 1.0), _MAX_PAUSE)
                 else:
                     self._failures[infobip.NAME] += 1
-                    pause = min(2.0 ** self._failures[infobip.NAME], 60.0)
+                    pause = self._backoff(infobip.NAME)
                 log.warning(
                     "poll.provider_failed", provider=infobip.NAME, error=str(exc), pause=pause
                 )

@@ -1,5 +1,6 @@
 """What a provider module offers the service, and the small helpers its parsers share."""
 
+import base64
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -154,7 +155,5 @@ async def fetch(
 
 
 def basic_auth(user: str, password: str) -> dict[str, str]:
-    return {
-        "Authorization": aiohttp.BasicAuth(user, password).encode(),
-        "Accept": "application/json",
-    }
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}", "Accept": "application/json"}

@@ -1,0 +1,138 @@
+"""Fake provider APIs that speak the real wire formats over real HTTP, for the poller's tests:
+Messente's omnimessage status, Infobip's once-only report queues, Comapi's message status and
+Mercury's dispatches. Failures (429, 5xx, slowness) are queued per provider."""
+
+import asyncio
+import base64
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tests.conftest import MESSENTE_PASSWORD
+
+# Messente signs reports with the API password, so the fake API takes the same one.
+MESSENTE_AUTH = ("messente-user", MESSENTE_PASSWORD)
+INFOBIP_KEY = "infobip-api-key"
+COMAPI_AUTH = ("comapi-user", "comapi-pass")
+MERCURY_AUTH = ("mercury-user", "mercury-pass")
+
+
+@dataclass
+class Failure:
+    status: int
+    retry_after: str | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class FakeProviders:
+    messente: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    comapi: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mercury: dict[str, dict[str, Any]] = field(default_factory=dict)
+    infobip: dict[str, deque[dict[str, Any]]] = field(default_factory=lambda: defaultdict(deque))
+    failures: dict[str, deque[Failure]] = field(default_factory=lambda: defaultdict(deque))
+    delay: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    calls: list[tuple[str, str, float]] = field(default_factory=list)
+    served: list[str] = field(default_factory=list)  # Infobip messageIds handed out
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/omnimessage/{id}/status", self._messente)
+        for path in ("/sms/1/reports", "/sms/3/reports", "/omni/1/reports"):
+            app.router.add_get(path, self._infobip)
+        app.router.add_get("/cpaas/messages/{id}", self._comapi)
+        app.router.add_get("/api/Dispatches/{id}", self._mercury)
+        return app
+
+    def count(self, provider: str, target: str | None = None) -> int:
+        return sum(1 for p, t, _ in self.calls if p == provider and target in (None, t))
+
+    async def _enter(self, provider: str, target: str) -> web.Response | None:
+        self.calls.append((provider, target, asyncio.get_running_loop().time()))
+        if self.delay[provider]:
+            await asyncio.sleep(self.delay[provider])
+        if self.failures[provider]:
+            failure = self.failures[provider].popleft()
+            await asyncio.sleep(failure.delay)
+            headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
+            return web.json_response(
+                {"error": "fake failure"}, status=failure.status, headers=headers
+            )
+        return None
+
+    @staticmethod
+    def _basic_ok(request: web.Request, user: str, password: str) -> bool:
+        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        return request.headers.get("Authorization") == expected
+
+    async def _messente(self, request: web.Request) -> web.Response:
+        if not self._basic_ok(request, *MESSENTE_AUTH):
+            return web.json_response({"errors": [{"code": "103"}]}, status=401)
+        omni = request.match_info["id"]
+        failed = await self._enter("messente", omni)
+        if failed is not None:
+            return failed
+        if omni not in self.messente:
+            return web.json_response(
+                {"errors": [{"code": "101", "title": "Not found"}]}, status=404
+            )
+        return web.json_response(
+            {"omnimessage_id": omni, "to": "+3725555555", "statuses": self.messente[omni]}
+        )
+
+    async def _infobip(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"App {INFOBIP_KEY}":
+            return web.json_response({"requestError": {}}, status=401)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            failed = await self._enter("infobip", request.path)
+            if failed is not None:
+                return failed
+            limit = min(int(request.query.get("limit", "50")), 1000)
+            queue = self.infobip[request.path]
+            # Once only: what is handed out is gone from the queue.
+            batch = [queue.popleft() for _ in range(min(limit, len(queue)))]
+            self.served.extend(r["messageId"] for r in batch)
+            return web.json_response({"results": batch})
+        finally:
+            self.in_flight -= 1
+
+    async def _comapi(self, request: web.Request) -> web.Response:
+        if not self._basic_ok(request, *COMAPI_AUTH):
+            return web.json_response({}, status=401)
+        message_id = request.match_info["id"]
+        failed = await self._enter("comapi", message_id)
+        if failed is not None:
+            return failed
+        if message_id not in self.comapi:
+            return web.json_response({}, status=404)
+        return web.json_response(self.comapi[message_id])
+
+    async def _mercury(self, request: web.Request) -> web.Response:
+        if not self._basic_ok(request, *MERCURY_AUTH):
+            return web.json_response({"error": "unauthorized", "errorCode": 401}, status=401)
+        dispatch = request.match_info["id"]
+        failed = await self._enter("mercury", dispatch)
+        if failed is not None:
+            return failed
+        if dispatch not in self.mercury:
+            return web.json_response({"error": "not found", "errorCode": 404}, status=404)
+        return web.json_response(self.mercury[dispatch])
+
+
+def infobip_report(message_id: str, group: int = 3, status_id: int = 5) -> dict[str, Any]:
+    return {
+        "bulkId": "poll-bulk",
+        "messageId": message_id,
+        "to": "385981178000",
+        "sentAt": "2024-03-01T09:00:01.104+0000",
+        "doneAt": "2024-03-01T09:00:07.880+0000",
+        "smsCount": 1,
+        "status": {"groupId": group, "id": status_id, "name": "DELIVERED_TO_HANDSET"},
+        "error": {"groupId": 0, "id": 0, "name": "NO_ERROR", "permanent": False},
+    }

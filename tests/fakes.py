@@ -35,6 +35,7 @@ class FakeProviders:
     failures: dict[str, deque[Failure]] = field(default_factory=lambda: defaultdict(deque))
     delay: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     calls: list[tuple[str, str, float]] = field(default_factory=list)
+    failed: list[tuple[str, int, float]] = field(default_factory=list)  # (provider, status, time)
     served: list[str] = field(default_factory=list)  # Infobip messageIds handed out
     in_flight: int = 0
     max_in_flight: int = 0
@@ -58,6 +59,7 @@ class FakeProviders:
         if self.failures[provider]:
             failure = self.failures[provider].popleft()
             await asyncio.sleep(failure.delay)
+            self.failed.append((provider, failure.status, asyncio.get_running_loop().time()))
             headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
             return web.json_response(
                 {"error": "fake failure"}, status=failure.status, headers=headers

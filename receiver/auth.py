@@ -1,12 +1,11 @@
 """Bearer tokens for the client API under /v1 (providers authenticate their own way)."""
 
-import hmac
-
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from receiver.errors import ApiError
 from receiver.keys import SETTINGS
+from receiver.providers.base import same
 
 
 @web.middleware
@@ -25,7 +24,7 @@ async def bearer_middleware(request: web.Request, handler: Handler) -> web.Strea
                 headers={"WWW-Authenticate": "Bearer"},
             )
         # Compare against every token so the time taken says nothing about which one is close.
-        matches = [hmac.compare_digest(t.get_secret_value(), given.strip()) for t in tokens]
+        matches = [same(t.get_secret_value(), given.strip()) for t in tokens]
         if not any(matches):
             raise ApiError(
                 401, "unauthorized", "invalid bearer token", headers={"WWW-Authenticate": "Bearer"}

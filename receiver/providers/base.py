@@ -1,6 +1,7 @@
 """What a provider module offers the service, and the small helpers its parsers share."""
 
 import base64
+import hmac
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -121,6 +122,12 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k).replace("\x00", ""): clean_json(v) for k, v in value.items()}
     return value
+
+
+def same(expected: str, given: str) -> bool:
+    """Constant-time comparison of a secret with what a request carried. On bytes: given
+    text with non-ASCII characters would make compare_digest raise instead of answer."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape"))
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

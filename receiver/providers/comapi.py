@@ -27,6 +27,7 @@ from receiver.providers.base import (
     fetch,
     header,
     invalid,
+    same,
 )
 from receiver.reports import InvalidReport, Parsed, StatusUpdate
 from receiver.settings import Settings
@@ -104,7 +105,7 @@ def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verif
         return Verification.MISSING
     key = settings.comapi_webhook_secret.get_secret_value().encode()
     expected = hmac.new(key, body, hashlib.sha1).hexdigest()
-    return Verification.OK if hmac.compare_digest(expected, given.lower()) else Verification.BAD
+    return Verification.OK if same(expected, given.lower()) else Verification.BAD
 
 
 def sign(secret: str, body: bytes) -> str:

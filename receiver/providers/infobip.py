@@ -3,7 +3,6 @@ verification, send-response registration, and its status groups."""
 
 import base64
 import binascii
-import hmac
 import json
 from collections.abc import Mapping
 from datetime import datetime
@@ -24,6 +23,7 @@ from receiver.providers.base import (
     fetch,
     header,
     invalid,
+    same,
 )
 from receiver.reports import InvalidReport, Parsed, StatusUpdate
 from receiver.settings import Settings
@@ -110,8 +110,8 @@ def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verif
     except (binascii.Error, UnicodeDecodeError):
         return Verification.BAD
     # Both compared every time, so timing does not tell which one was wrong.
-    user_ok = hmac.compare_digest(given_user.encode(), user.encode())
-    password_ok = hmac.compare_digest(given_password.encode(), password.get_secret_value().encode())
+    user_ok = same(user, given_user)
+    password_ok = same(password.get_secret_value(), given_password)
     return Verification.OK if user_ok and password_ok else Verification.BAD
 
 

@@ -25,6 +25,7 @@ from receiver.providers.base import (
     fetch,
     header,
     invalid,
+    same,
 )
 from receiver.reports import Parsed, StatusUpdate
 from receiver.settings import Settings
@@ -78,7 +79,7 @@ def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verif
         return Verification.MISSING
     key = settings.messente_api_password.get_secret_value().encode()
     expected = hmac.new(key, body, hashlib.sha256).hexdigest()
-    return Verification.OK if hmac.compare_digest(expected, given.lower()) else Verification.BAD
+    return Verification.OK if same(expected, given.lower()) else Verification.BAD
 
 
 def sign(password: str, body: bytes) -> str:

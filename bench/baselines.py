@@ -1,0 +1,79 @@
+"""The two baselines the receiver is measured against, as one small aiohttp app each.
+
+noop:  parse the JSON and answer 200: the framework's ceiling on this machine.
+naive: verify the signature, then one INSERT with its own commit per report.
+"""
+
+import argparse
+import hashlib
+import hmac
+import json
+
+import asyncpg
+from aiohttp import web
+
+PASSWORD = b"bench-password"
+
+
+async def noop(request: web.Request) -> web.Response:
+    json.loads(await request.read())
+    return web.json_response({"ok": True})
+
+
+def naive_app(url: str) -> web.Application:
+    pool_key = web.AppKey("pool", asyncpg.Pool)
+
+    async def pool_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+        app[pool_key] = await asyncpg.create_pool(url, min_size=4, max_size=10)
+        async with app[pool_key].acquire() as conn:
+            await conn.execute(
+                "create table if not exists naive_reports (id bigserial primary key, "
+                "body jsonb not null, received_at timestamptz not null default now())"
+            )
+        yield
+        await app[pool_key].close()
+
+    async def messente(request: web.Request) -> web.Response:
+        body = await request.read()
+        expected = hmac.new(PASSWORD, body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, request.headers.get("X-Messente-Signature", "")):
+            return web.json_response({"error": "signature"}, status=401)
+        json.loads(body)
+        await request.app[pool_key].execute(
+            "insert into naive_reports (body) values ($1::jsonb)", body.decode()
+        )
+        return web.json_response({"ok": True})
+
+    async def infobip(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with request.app[pool_key].acquire() as conn:
+            for item in json.loads(body)["results"]:
+                await conn.execute(
+                    "insert into naive_reports (body) values ($1::jsonb)", json.dumps(item)
+                )
+        return web.json_response({"ok": True})
+
+    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app.cleanup_ctx.append(pool_ctx)
+    app.router.add_post("/webhooks/messente", messente)
+    app.router.add_post("/webhooks/infobip", infobip)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["noop", "naive"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--database-url", default="")
+    args = parser.parse_args()
+    if args.kind == "noop":
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.router.add_post("/webhooks/messente", noop)
+        app.router.add_post("/webhooks/infobip", noop)
+    else:
+        app = naive_app(args.database_url)
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

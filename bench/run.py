@@ -1,0 +1,199 @@
+"""The benchmark: one command, everything on this machine.
+
+    .venv/bin/python -m bench.run [--duration 10] [--connections 64] [--rate 1000]
+
+Starts Postgres (RECEIVER_DATABASE_URL, else an embedded one), then for each workload (Messente
+single reports; Infobip batches of 100) runs the same load against a no-op aiohttp handler, a
+naive one-INSERT-per-report receiver and dlr-receiver itself; then measures forwarding lag at a
+steady rate. Prints a Markdown table (the one in the README comes from here).
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from receiver.embedded import embedded_postgres
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    given = os.environ.get("RECEIVER_DATABASE_URL")
+    if given:
+        yield given
+        return
+    with tempfile.TemporaryDirectory() as tmp, embedded_postgres(Path(tmp)) as url:
+        yield url
+
+
+def fresh_database(server_url: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(server_url)
+        await conn.execute(f'create database "{name}"')
+        await conn.close()
+
+    import asyncio
+
+    asyncio.run(create())
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+def wait_ready(url: str, path: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + path, timeout=1):  # noqa: S310 - local URL
+                return
+        except OSError as exc:
+            if getattr(exc, "code", None):  # an HTTP error status: the server is up
+                return
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not start")
+
+
+@contextlib.contextmanager
+def server(kind: str, database_url: str, *, forward: bool = False) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    if kind == "receiver":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+        env.update(
+            RECEIVER_DATABASE_URL=database_url,
+            RECEIVER_PORT=str(port),
+            RECEIVER_API_TOKENS="bench-token",
+            RECEIVER_MESSENTE_API_PASSWORD="bench-password",
+            RECEIVER_INFOBIP_WEBHOOK_USERNAME="bench",
+            RECEIVER_INFOBIP_WEBHOOK_PASSWORD="bench-password",
+            RECEIVER_POLL_ENABLED="false",
+            RECEIVER_FORWARD_ENABLED="true" if forward else "false",
+            RECEIVER_FORWARD_ALLOW_NETWORKS="127.0.0.0/8",
+        )
+        cmd = [sys.executable, "-m", "receiver", "serve"]
+        probe = "/healthz"
+    else:
+        env = dict(os.environ)
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.baselines",
+            kind,
+            "--port",
+            str(port),
+            "--database-url",
+            database_url,
+        ]
+        probe = "/"
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", probe)
+        yield f"http://127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load(*args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.load", *args],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    args = parser.parse_args()
+
+    rows = []
+    with postgres() as server_url:
+        for workload in ("messente", "infobip"):
+            for kind in ("noop", "naive", "receiver"):
+                with server(kind, fresh_database(server_url)) as (url, pid):
+                    stats = load(
+                        "ingest",
+                        "--url",
+                        url,
+                        "--kind",
+                        workload,
+                        "--connections",
+                        str(args.connections),
+                        "--duration",
+                        str(args.duration),
+                    )
+                    stats["peak_rss_mib"] = peak_rss_mib(pid)
+                rows.append((workload, kind, stats))
+                print(f"{workload:9} {kind:9} {json.dumps(stats)}", file=sys.stderr)
+        with server("receiver", fresh_database(server_url), forward=True) as (url, pid):
+            fwd = load(
+                "forward", "--url", url, "--rate", str(args.rate), "--duration", str(args.duration)
+            )
+            fwd["peak_rss_mib"] = peak_rss_mib(pid)
+        print(f"forward {json.dumps(fwd)}", file=sys.stderr)
+
+    print(
+        f"\n{args.connections} connections, {args.duration:g} s per run, "
+        f"{os.cpu_count()} CPUs, Postgres on the same machine.\n"
+    )
+    print("| workload | server | reports/s | p50 ms | p99 ms | errors | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for workload, kind, s in rows:
+        print(
+            f"| {workload} | {kind} | {s['reports_per_s']:,.0f} | {s['p50_ms']:.1f} | "
+            f"{s['p99_ms']:.1f} | {s['errors']} | {s['peak_rss_mib']:.0f} |"
+        )
+    by = {(w, k): s for w, k, s in rows}
+    for workload in ("messente", "infobip"):
+        mine = by[(workload, "receiver")]["reports_per_s"]
+        print(
+            f"\n{workload}: receiver = {mine / by[(workload, 'noop')]['reports_per_s']:.0%} of "
+            f"the no-op ceiling, {mine / by[(workload, 'naive')]['reports_per_s']:.1f}x naive"
+        )
+    print(
+        f"\nforwarding at {args.rate:g}/s offered ({fwd['achieved_rate']:,.0f}/s acknowledged): "
+        f"{fwd['forwarded']}/{fwd['acked']} forwarded, lag p50 {fwd['lag_p50_ms']:.0f} ms, "
+        f"p99 {fwd['lag_p99_ms']:.0f} ms, receiver peak RSS {fwd['peak_rss_mib']:.0f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,60 +1,15 @@
 """The SQL of forwarding: subscriptions, the delivery outbox, claims and attempts."""
 
-import json
 import uuid
-from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 
 from receiver.db import Conn
 
-if TYPE_CHECKING:
-    from receiver.ingest import StatusChange
-
 # LISTEN/NOTIFY channel that wakes forwarders when deliveries are enqueued.
 CHANNEL = "dlr_deliveries"
-
-
-async def enqueue(conn: Conn, changes: Sequence["StatusChange"]) -> None:
-    """One outbox row per change and matching enabled subscription, in the caller's transaction.
-
-    The NOTIFY is transactional too: forwarders hear it only once the rows are committed.
-    """
-    inserted = await conn.fetchval(
-        """
-        with c as (
-            select * from unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
-                                 $6::text[])
-                as c(provider, message_key, seq, status, event_id, payload)
-        ), added as (
-            insert into deliveries (id, subscription_id, event_id, provider, message_key, seq,
-                                    status, payload)
-            select gen_random_uuid(), s.id, c.event_id, c.provider, c.message_key, c.seq,
-                   c.status, c.payload::jsonb
-            from c join subscriptions s
-              on s.enabled
-             and (s.statuses is null or c.status = any(s.statuses))
-             and (s.providers is null or c.provider = any(s.providers))
-            on conflict (subscription_id, event_id) do nothing
-            returning 1
-        )
-        select count(*) from added
-        """,
-        [c.provider for c in changes],
-        [c.key for c in changes],
-        [c.seq for c in changes],
-        [c.status.value for c in changes],
-        [c.event_id for c in changes],
-        [json.dumps(_envelope(c)) for c in changes],
-    )
-    if inserted:
-        await conn.execute("select pg_notify($1, '')", CHANNEL)
-
-
-def _envelope(change: "StatusChange") -> dict[str, Any]:
-    return {"type": "message.status", "id": change.event_id, "data": change.payload}
 
 
 # Subscriptions

@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 
 from receiver.db import Conn
+from receiver.forward_queries import CHANNEL as NOTIFY_CHANNEL
 from receiver.reports import Receipt
 
 
@@ -26,161 +27,179 @@ async def insert_receipts(conn: Conn, receipts: Sequence[Receipt]) -> None:
     )
 
 
-async def upsert_messages(
-    conn: Conn,
-    rows: Sequence[dict[str, Any]],
-    polled_providers: Sequence[str] = (),
-    first_poll_in: float = 30.0,
-) -> list[asyncpg.Record]:
-    """Create or enrich messages; returns each row with the status it had before this batch.
+async def lock_messages(conn: Conn, lock_ids: Sequence[int]) -> None:
+    """Serialise transactions that touch the same messages, existing or about to be created.
 
-    Rule 5: a report may create a message before it is registered; registering merges into it.
-    The DO UPDATE always runs, so every row this batch touches stays locked until commit: two
-    batches touching one message take turns, and the status is always computed from all of its
-    committed events. Callers pass rows sorted by key so those locks are taken in one order.
-    A new message of a provider polled per message gets its first poll scheduled.
+    A transaction-scoped advisory lock per message key, taken in ascending order so two
+    batches sharing messages cannot deadlock. With the locks held, what read_messages sees is
+    the whole committed truth for these messages until this transaction commits.
     """
-    return await conn.fetch(
-        """
-        insert into messages as m (provider, key, recipient, group_key, reference, channel_order,
-                                   registered_at, next_poll_at)
-        select u.provider, u.key, u.recipient, u.group_key, u.reference,
-               string_to_array(u.channel_order, ','),
-               case when u.registered then now() end,
-               case when u.provider = any($8::text[])
-                    then now() + make_interval(secs => $9) end
-        from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                    $7::bool[])
-             as u(provider, key, recipient, group_key, reference, channel_order, registered)
-        on conflict (provider, key) do update set
-            recipient = coalesce(m.recipient, excluded.recipient),
-            group_key = coalesce(m.group_key, excluded.group_key),
-            -- A registered reference outranks one a report carried (Infobip callbackData).
-            reference = case when excluded.registered_at is not null
-                             then coalesce(excluded.reference, m.reference)
-                             else coalesce(m.reference, excluded.reference) end,
-            channel_order = coalesce(excluded.channel_order, m.channel_order),
-            registered_at = coalesce(m.registered_at, excluded.registered_at),
-            updated_at = now()
-        returning provider, key, status, status_at, channel, attempts, seq, channel_order,
-                  recipient, reference, group_key
-        """,
-        [r["provider"] for r in rows],
-        [r["key"] for r in rows],
-        [r["recipient"] for r in rows],
-        [r["group_key"] for r in rows],
-        [r["reference"] for r in rows],
-        [r["channel_order"] for r in rows],
-        [r["registered"] for r in rows],
-        list(polled_providers),
-        first_poll_in,
-    )
-
-
-async def insert_aliases(conn: Conn, rows: Sequence[tuple[str, str, str]]) -> None:
-    # An alias already pointing at a message stays where it is: provider ids are never reused.
     await conn.execute(
-        """
-        insert into aliases (provider, alias, message_key)
-        select * from unnest($1::text[], $2::text[], $3::text[])
-        on conflict do nothing
-        """,
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        [r[2] for r in rows],
+        "select pg_advisory_xact_lock(k) from unnest($1::bigint[]) as k", list(lock_ids)
     )
 
 
-async def insert_events(conn: Conn, columns: dict[str, list[Any]]) -> list[asyncpg.Record]:
-    """Append events; rule 2: a dedup key already stored for the message is skipped.
-
-    Returns the (provider, message_key, dedup_key) of the events that are new.
-    """
+async def read_messages(conn: Conn, keys: Sequence[tuple[str, str]]) -> list[asyncpg.Record]:
+    """The stored messages among these keys, one row per event (event columns null if none)."""
     return await conn.fetch(
         """
-        insert into events (provider, message_key, dedup_key, status, provider_status,
-                            provider_code, error_code, error_text, permanent, channel, attempt_id,
-                            occurred_at, source, receipt_id, details)
-        select provider, message_key, dedup_key, status, provider_status, provider_code,
-               error_code, error_text, permanent, channel, attempt_id, occurred_at, source,
-               receipt_id, details::jsonb
-        from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                    $7::text[], $8::text[], $9::bool[], $10::text[], $11::text[],
-                    $12::timestamptz[], $13::text[], $14::uuid[], $15::text[])
-             as u(provider, message_key, dedup_key, status, provider_status, provider_code,
-                  error_code, error_text, permanent, channel, attempt_id, occurred_at, source,
-                  receipt_id, details)
-        on conflict (provider, message_key, dedup_key) do nothing
-        returning provider, message_key, dedup_key
-        """,
-        columns["provider"],
-        columns["message_key"],
-        columns["dedup_key"],
-        columns["status"],
-        columns["provider_status"],
-        columns["provider_code"],
-        columns["error_code"],
-        columns["error_text"],
-        columns["permanent"],
-        columns["channel"],
-        columns["attempt_id"],
-        columns["occurred_at"],
-        columns["source"],
-        columns["receipt_id"],
-        columns["details"],
-    )
-
-
-async def fetch_observations(conn: Conn, keys: Sequence[tuple[str, str]]) -> list[asyncpg.Record]:
-    """Every event of these messages: what the status rules and the forwarded payload need."""
-    return await conn.fetch(
-        """
-        select e.id, e.provider, e.message_key, e.status, e.occurred_at, e.channel, e.attempt_id,
-               e.provider_status, e.provider_code, e.error_code, e.error_text, e.permanent,
-               e.source
-        from events e
-        join unnest($1::text[], $2::text[]) as k(provider, key)
-          on e.provider = k.provider and e.message_key = k.key
+        select m.provider, m.key, m.status, m.status_at, m.channel, m.attempts, m.seq,
+               m.channel_order, m.recipient, m.reference, m.group_key,
+               m.registered_at is not null as registered,
+               e.id as event_id, e.dedup_key, e.status as event_status, e.occurred_at,
+               e.channel as event_channel, e.attempt_id, e.provider_status, e.provider_code,
+               e.error_code, e.error_text, e.permanent, e.source
+        from unnest($1::text[], $2::text[]) as k(provider, key)
+        join messages m on m.provider = k.provider and m.key = k.key
+        left join events e on e.provider = m.provider and e.message_key = m.key
+        order by m.provider, m.key, e.id
         """,
         [k[0] for k in keys],
         [k[1] for k in keys],
     )
 
 
-async def update_statuses(conn: Conn, rows: Sequence[dict[str, Any]]) -> None:
-    # seq counts status changes only; a new attempt detail alone does not bump it.
+async def write_batch(
+    conn: Conn,
+    *,
+    receipts: Sequence[Receipt],
+    messages: dict[str, list[Any]],
+    aliases: Sequence[tuple[str, str, str]],
+    events: dict[str, list[Any]],
+    unmapped: dict[tuple[str, str], int],
+    deliveries: dict[str, list[Any]],
+    first_poll_in: float,
+) -> None:
+    """Everything a batch changes, in one statement (one round trip).
+
+    Rules that live here: events are only ever inserted, and a dedup key already stored for a
+    message is skipped (rule 2); an alias already pointing at a message stays; each status
+    change queues one delivery per matching enabled subscription, and the NOTIFY that wakes the
+    forwarders is delivered only if this commits. Foreign keys are checked at the end of the
+    statement, so events may reference messages inserted by it.
+    """
     await conn.execute(
         """
-        update messages m set
-            status = u.status, status_at = u.status_at, channel = u.channel,
-            attempts = u.attempts::jsonb, seq = m.seq + u.bump, updated_at = now()
-        from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
-                    $6::text[], $7::int[])
-             as u(provider, key, status, status_at, channel, attempts, bump)
-        where m.provider = u.provider and m.key = u.key
+        with receipts_in as (
+            insert into receipts (id, provider, source, content_type, body, problem)
+            select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                                 $6::text[])
+        ), messages_in as (
+            insert into messages as m (provider, key, recipient, group_key, reference,
+                                       channel_order, registered_at, status, status_at,
+                                       channel, attempts, seq, next_poll_at)
+            select u.provider, u.key, u.recipient, u.group_key, u.reference,
+                   string_to_array(u.channel_order, ','),
+                   case when u.registered then now() end,
+                   u.status, u.status_at, u.channel, u.attempts::jsonb, u.seq,
+                   case when u.poll then now() + make_interval(secs => $20) end
+            from unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                        $12::text[], $13::bool[], $14::text[], $15::timestamptz[], $16::text[],
+                        $17::text[], $18::int[], $19::bool[])
+                 as u(provider, key, recipient, group_key, reference, channel_order,
+                      registered, status, status_at, channel, attempts, seq, poll)
+            -- The values were computed under this message's lock from all of its events.
+            on conflict (provider, key) do update set
+                recipient = excluded.recipient, group_key = excluded.group_key,
+                reference = excluded.reference, channel_order = excluded.channel_order,
+                registered_at = coalesce(m.registered_at, excluded.registered_at),
+                status = excluded.status, status_at = excluded.status_at,
+                channel = excluded.channel, attempts = excluded.attempts, seq = excluded.seq,
+                updated_at = now()
+        ), aliases_in as (
+            insert into aliases (provider, alias, message_key)
+            select * from unnest($21::text[], $22::text[], $23::text[])
+            on conflict do nothing
+        ), events_in as (
+            insert into events (provider, message_key, dedup_key, status, provider_status,
+                                provider_code, error_code, error_text, permanent, channel,
+                                attempt_id, occurred_at, source, receipt_id, details)
+            select provider, message_key, dedup_key, status, provider_status, provider_code,
+                   error_code, error_text, permanent, channel, attempt_id, occurred_at,
+                   source, receipt_id, details::jsonb
+            from unnest($24::text[], $25::text[], $26::text[], $27::text[], $28::text[],
+                        $29::text[], $30::text[], $31::text[], $32::bool[], $33::text[],
+                        $34::text[], $35::timestamptz[], $36::text[], $37::uuid[], $38::text[])
+                 as e(provider, message_key, dedup_key, status, provider_status,
+                      provider_code, error_code, error_text, permanent, channel, attempt_id,
+                      occurred_at, source, receipt_id, details)
+            on conflict (provider, message_key, dedup_key) do nothing
+        ), unmapped_in as (
+            insert into unmapped as um (provider, provider_status, count)
+            select * from unnest($39::text[], $40::text[], $41::bigint[])
+            on conflict (provider, provider_status) do update
+                set count = um.count + excluded.count, last_seen = now()
+        ), deliveries_in as (
+            insert into deliveries (id, subscription_id, event_id, provider, message_key, seq,
+                                    status, payload)
+            select gen_random_uuid(), s.id, c.event_id, c.provider, c.message_key, c.seq,
+                   c.status, c.payload::jsonb
+            from unnest($42::text[], $43::text[], $44::int[], $45::text[], $46::text[],
+                        $47::text[])
+                 as c(provider, message_key, seq, status, event_id, payload)
+            join subscriptions s
+              on s.enabled
+             and (s.statuses is null or c.status = any(s.statuses))
+             and (s.providers is null or c.provider = any(s.providers))
+            on conflict (subscription_id, event_id) do nothing
+            returning 1
+        )
+        select pg_notify($48, '') where exists (select 1 from deliveries_in)
         """,
-        [r["provider"] for r in rows],
-        [r["key"] for r in rows],
-        [r["status"] for r in rows],
-        [r["status_at"] for r in rows],
-        [r["channel"] for r in rows],
-        [r["attempts"] for r in rows],
-        [r["bump"] for r in rows],
+        [r.id for r in receipts],
+        [r.provider for r in receipts],
+        [r.source for r in receipts],
+        [r.content_type for r in receipts],
+        [r.body for r in receipts],
+        [r.problem for r in receipts],
+        *(messages[c] for c in MESSAGE_COLUMNS),
+        first_poll_in,
+        [a[0] for a in aliases],
+        [a[1] for a in aliases],
+        [a[2] for a in aliases],
+        *(events[c] for c in EVENT_COLUMNS),
+        [k[0] for k in unmapped],
+        [k[1] for k in unmapped],
+        list(unmapped.values()),
+        *(deliveries[c] for c in DELIVERY_COLUMNS),
+        NOTIFY_CHANNEL,
     )
 
 
-async def count_unmapped(conn: Conn, counts: dict[tuple[str, str], int]) -> None:
-    await conn.execute(
-        """
-        insert into unmapped as um (provider, provider_status, count)
-        select * from unnest($1::text[], $2::text[], $3::bigint[])
-        on conflict (provider, provider_status) do update
-            set count = um.count + excluded.count, last_seen = now()
-        """,
-        [k[0] for k in counts],
-        [k[1] for k in counts],
-        list(counts.values()),
-    )
+# The column order of write_batch's arrays.
+MESSAGE_COLUMNS = (
+    "provider",
+    "key",
+    "recipient",
+    "group_key",
+    "reference",
+    "channel_order",
+    "registered",
+    "status",
+    "status_at",
+    "channel",
+    "attempts",
+    "seq",
+    "poll",
+)
+EVENT_COLUMNS = (
+    "provider",
+    "message_key",
+    "dedup_key",
+    "status",
+    "provider_status",
+    "provider_code",
+    "error_code",
+    "error_text",
+    "permanent",
+    "channel",
+    "attempt_id",
+    "occurred_at",
+    "source",
+    "receipt_id",
+    "details",
+)
+DELIVERY_COLUMNS = ("provider", "message_key", "seq", "status", "event_id", "payload")
 
 
 async def find_message(conn: Conn, provider: str, id_: str) -> asyncpg.Record | None:

@@ -22,7 +22,6 @@ from receiver.providers.base import (
     as_utc,
     basic_auth,
     clean,
-    clean_json,
     describe,
     fetch,
     header,
@@ -158,7 +157,7 @@ def envelope_updates(envelope: _Envelope) -> list[StatusUpdate]:
             channel=channel,
             occurred_at=as_utc(occurred) if occurred else None,
             error_text=clean(str(reason)) if reason and status is Status.FAILED else None,
-            details=clean_json(envelope.model_dump(mode="json", exclude_none=True)),
+            details=envelope.model_dump(mode="json", exclude_none=True),
         )
     ]
     # Branch failover: channelStatus holds every channel tried so far. The current channel is the
@@ -185,7 +184,7 @@ def _channel_updates(
                 channel=name,
                 occurred_at=at,
                 unmapped=mapped is None,
-                details=clean_json(state.model_dump(mode="json", exclude_none=True)),
+                details=state.model_dump(mode="json", exclude_none=True),
             )
         )
     return updates
@@ -254,7 +253,7 @@ def _single(registration: Registration) -> StatusUpdate:
         channel=str(channel) if channel else None,
         occurred_at=as_utc(at),
         unmapped=raw_status not in STATUSES,
-        details=clean_json(response.model_dump(mode="json", exclude_none=True)),
+        details=response.model_dump(mode="json", exclude_none=True),
         recipient=_recipient(to),
         reference=clean(registration.reference, 500),
         channel_order=tuple(rules) if rules else None,

@@ -18,7 +18,6 @@ from receiver.providers.base import (
     Verification,
     as_utc,
     clean,
-    clean_json,
     describe,
     fetch,
     header,
@@ -115,21 +114,37 @@ def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verif
     return Verification.OK if user_ok and password_ok else Verification.BAD
 
 
+class _Batch(BaseModel):
+    results: list[_Report]
+
+
 def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) -> Parsed:
-    results = _results(body, content_type)
-    updates, problems = [], []
-    for index, item in enumerate(results):
+    reports: list[Any] | None = None
+    if not _is_xml(body, content_type):
+        # The common case, a batch that is all good, is read in one pass.
         try:
-            updates.append(report_to_update(_Report.model_validate(item)))
+            reports = _Batch.model_validate_json(body).results
+        except ValidationError:
+            reports = None
+    if reports is None:
+        reports = _results(body, content_type)
+    updates, problems = [], []
+    for index, item in enumerate(reports):
+        try:
+            report = item if isinstance(item, _Report) else _Report.model_validate(item)
+            updates.append(report_to_update(report))
         except ValidationError as exc:
             # One bad report must not cost the others: it stays in the raw receipt instead.
             problems.append(f"results[{index}]: {describe(exc)}")
     return Parsed(updates, problems)
 
 
+def _is_xml(body: bytes, content_type: str | None) -> bool:
+    return "xml" in (content_type or "").lower() or body.lstrip()[:1] == b"<"
+
+
 def _results(body: bytes, content_type: str | None) -> list[Any]:
-    is_xml = "xml" in (content_type or "").lower() or body.lstrip()[:1] == b"<"
-    if is_xml:
+    if _is_xml(body, content_type):
         document = xmlbody.loads(body)
         (root,) = document.values()
         found = root.get("results") if isinstance(root, dict) else None
@@ -199,7 +214,7 @@ def _update(
         error_text=clean(error.description or error.name) if has_error and error else None,
         permanent=error.permanent if has_error and error else None,
         unmapped=unmapped,
-        details=clean_json(report.model_dump(mode="json", exclude_none=True)),
+        details=report.model_dump(mode="json", exclude_none=True),
         recipient=clean(_recipient(report.to) or report.destination, 200),
         group_key=report.bulkId,
         reference=clean(report.callbackData, 4000),
@@ -252,7 +267,7 @@ def parse_registration(registration: Registration) -> list[StatusUpdate]:
                 provider_code=(f"{sent.status.groupId}.{sent.status.id}" if sent.status else None),
                 occurred_at=registration.received_at,
                 unmapped=unmapped,
-                details=clean_json(sent.model_dump(mode="json", exclude_none=True)),
+                details=sent.model_dump(mode="json", exclude_none=True),
                 recipient=clean(_recipient(sent.to), 200),
                 group_key=response.bulkId,
                 reference=clean(registration.reference, 500),

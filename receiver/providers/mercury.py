@@ -15,7 +15,6 @@ from receiver.providers.base import (
     as_utc,
     basic_auth,
     clean,
-    clean_json,
     describe,
     fetch,
     invalid,
@@ -125,7 +124,7 @@ def parse_registration(registration: Registration) -> list[StatusUpdate]:
                 occurred_at=registration.received_at,
                 error_text="invalid recipient" if refused else None,
                 permanent=True if refused else None,
-                details=clean_json(details),
+                details=details,
                 recipient=clean(recipient.mobilePhone or recipient.email, 200),
                 group_key=str(response.dispatch),
                 reference=clean(registration.reference, 500),
@@ -201,7 +200,7 @@ async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollT
             occurred_at=as_utc(at) if at else None,
             error_text=clean(found.errorMessage) if status is Status.FAILED else None,
             unmapped=found.sendStatusId not in SEND_STATUSES,
-            details=clean_json(found.model_dump(mode="json", exclude_none=True)),
+            details=found.model_dump(mode="json", exclude_none=True),
             group_key=dispatch,
         )
         for key in target.members

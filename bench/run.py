@@ -142,11 +142,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--only", choices=["ingest", "forward"], help="run just one part")
     args = parser.parse_args()
 
-    rows = []
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    fwd: dict[str, Any] = {}
     with postgres() as server_url:
-        for workload in ("messente", "infobip"):
+        for workload in ("messente", "infobip") if args.only != "forward" else ():
             for kind in ("noop", "naive", "receiver"):
                 with server(kind, fresh_database(server_url)) as (url, pid):
                     stats = load(
@@ -163,17 +165,36 @@ def main() -> None:
                     stats["peak_rss_mib"] = peak_rss_mib(pid)
                 rows.append((workload, kind, stats))
                 print(f"{workload:9} {kind:9} {json.dumps(stats)}", file=sys.stderr)
-        with server("receiver", fresh_database(server_url), forward=True) as (url, pid):
-            fwd = load(
-                "forward", "--url", url, "--rate", str(args.rate), "--duration", str(args.duration)
-            )
-            fwd["peak_rss_mib"] = peak_rss_mib(pid)
-        print(f"forward {json.dumps(fwd)}", file=sys.stderr)
+        if args.only != "ingest":
+            with server("receiver", fresh_database(server_url), forward=True) as (url, pid):
+                fwd = load(
+                    "forward",
+                    "--url",
+                    url,
+                    "--rate",
+                    str(args.rate),
+                    "--duration",
+                    str(args.duration),
+                )
+                fwd["peak_rss_mib"] = peak_rss_mib(pid)
+            print(f"forward {json.dumps(fwd)}", file=sys.stderr)
 
     print(
         f"\n{args.connections} connections, {args.duration:g} s per run, "
         f"{os.cpu_count()} CPUs, Postgres on the same machine.\n"
     )
+    if rows:
+        print_ingest(rows)
+    if fwd:
+        print(
+            f"\nforwarding at {args.rate:g}/s offered ({fwd['achieved_rate']:,.0f}/s "
+            f"acknowledged): {fwd['forwarded']}/{fwd['acked']} forwarded, lag p50 "
+            f"{fwd['lag_p50_ms']:.0f} ms, p99 {fwd['lag_p99_ms']:.0f} ms, receiver peak RSS "
+            f"{fwd['peak_rss_mib']:.0f} MiB"
+        )
+
+
+def print_ingest(rows: list[tuple[str, str, dict[str, Any]]]) -> None:
     print("| workload | server | reports/s | p50 ms | p99 ms | errors | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for workload, kind, s in rows:
@@ -184,15 +205,12 @@ def main() -> None:
     by = {(w, k): s for w, k, s in rows}
     for workload in ("messente", "infobip"):
         mine = by[(workload, "receiver")]["reports_per_s"]
+        ceiling = by[(workload, "noop")]["reports_per_s"]
+        naive = by[(workload, "naive")]["reports_per_s"]
         print(
-            f"\n{workload}: receiver = {mine / by[(workload, 'noop')]['reports_per_s']:.0%} of "
-            f"the no-op ceiling, {mine / by[(workload, 'naive')]['reports_per_s']:.1f}x naive"
+            f"\n{workload}: receiver = {mine / ceiling:.0%} of the no-op ceiling, "
+            f"{mine / naive:.1f}x naive"
         )
-    print(
-        f"\nforwarding at {args.rate:g}/s offered ({fwd['achieved_rate']:,.0f}/s acknowledged): "
-        f"{fwd['forwarded']}/{fwd['acked']} forwarded, lag p50 {fwd['lag_p50_ms']:.0f} ms, "
-        f"p99 {fwd['lag_p99_ms']:.0f} ms, receiver peak RSS {fwd['peak_rss_mib']:.0f} MiB"
-    )
 
 
 if __name__ == "__main__":

@@ -202,12 +202,16 @@ class Forwarder:
         fields: dict[str, Any] = {"delivery": str(delivery), "event_id": row["event_id"]}
         for attempt in range(3):
             try:
+                if status is not None and 200 <= status < 300:
+                    async with connection(self._pool) as conn:
+                        await forward_queries.settle_delivered(
+                            conn, delivery, subscription, status, duration_ms
+                        )
+                    log.info("forward.delivered", status=status, ms=duration_ms, **fields)
+                    return
                 async with connection(self._pool) as conn, conn.transaction():
                     await forward_queries.record_attempt(conn, delivery, duration_ms, status, error)
-                    if status is not None and 200 <= status < 300:
-                        await forward_queries.mark_delivered(conn, delivery, subscription, status)
-                        log.info("forward.delivered", status=status, ms=duration_ms, **fields)
-                    elif status == 410:
+                    if status == 410:
                         # Gone: the subscriber asked us to stop. Honour it for the subscription.
                         reason = "endpoint answered 410 Gone"
                         await forward_queries.mark_failed(

@@ -164,21 +164,32 @@ async def record_attempt(
     )
 
 
-async def mark_delivered(
-    conn: Conn, delivery_id: uuid.UUID, subscription_id: uuid.UUID, status_code: int
+async def settle_delivered(
+    conn: Conn,
+    delivery_id: uuid.UUID,
+    subscription_id: uuid.UUID,
+    status_code: int,
+    duration_ms: int,
 ) -> None:
+    """Record the successful attempt, close the delivery, end the subscription's failing
+    streak: one statement, the common case of every delivery."""
     await conn.execute(
         """
-        update deliveries set state = 'delivered', delivered_at = now(), last_status = $2,
-            last_error = null
-        where id = $1
+        with attempt as (
+            insert into delivery_attempts (delivery_id, duration_ms, status_code)
+            values ($1, $4, $3)
+        ), delivery as (
+            update deliveries set state = 'delivered', delivered_at = now(), last_status = $3,
+                last_error = null
+            where id = $1
+        )
+        update subscriptions set failing_since = null
+        where id = $2 and failing_since is not null
         """,
         delivery_id,
-        status_code,
-    )
-    await conn.execute(
-        "update subscriptions set failing_since = null where id = $1 and failing_since is not null",
         subscription_id,
+        status_code,
+        duration_ms,
     )
 
 

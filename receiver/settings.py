@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     )
     forward_timeout: float = Field(default=10.0, gt=0)
     forward_concurrency: int = Field(default=32, gt=0)
-    forward_per_subscription: int = Field(default=4, gt=0)
+    forward_per_subscription: int = Field(default=16, gt=0)
     # A claimed delivery returns to the queue after this long if its forwarder vanished.
     forward_lease: float = Field(default=300.0, gt=0)
     # LISTEN/NOTIFY wakes the forwarder at once; this is the fallback poll.

@@ -3,11 +3,12 @@
 import logging
 import sys
 import time
-import uuid
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from receiver.reports import new_id
 
 log = structlog.get_logger()
 
@@ -31,7 +32,7 @@ def configure(level: str = "info") -> None:
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     # The request id travels in contextvars, so every line logged while handling it carries it.
-    request_id = (request.headers.get("X-Request-Id") or uuid.uuid4().hex)[:100]
+    request_id = (request.headers.get("X-Request-Id") or new_id().hex)[:100]
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()

@@ -57,8 +57,8 @@ async def receive(request: web.Request) -> web.Response:
     problems = "; ".join(parsed.problems) or None
     receipt = Receipt(provider.name, "webhook", body, content_type, problem=problems)
     result = await ingestor.submit(receipt, parsed.updates)
-    log.info(
-        "webhook.accepted",
+    # Facts for the request's one log line (written by the access-log middleware).
+    structlog.contextvars.bind_contextvars(
         provider=provider.name,
         reports=len(parsed.updates),
         new=result.new_events,

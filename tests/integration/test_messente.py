@@ -349,3 +349,24 @@ async def test_bad_registrations_are_400(client: Client, body: bytes, code: str)
 async def test_readyz_reports_the_database(client: Client) -> None:
     resp = await client.get("/readyz")
     assert resp.status == 200
+
+
+async def test_one_log_line_per_request_with_the_webhook_facts_and_no_secrets(
+    client: Client,
+) -> None:
+    import structlog
+    from structlog.testing import capture_logs
+
+    body = report("DELIVRD")
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await post_report(client, body)
+    (line,) = [e for e in logs if e["event"] == "http.request"]
+    assert (line["provider"], line["reports"], line["new"], line["status"]) == (
+        "messente",
+        1,
+        1,
+        200,
+    )
+    text = repr(logs)
+    assert MESSENTE_PASSWORD not in text
+    assert messente.sign(MESSENTE_PASSWORD, body) not in text

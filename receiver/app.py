@@ -9,7 +9,7 @@ from aiohttp import web
 from receiver import api, migrate, subscriptions, webhooks
 from receiver.auth import bearer_middleware
 from receiver.db import open_pool
-from receiver.errors import errors_middleware
+from receiver.errors import body_limit_middleware, errors_middleware
 from receiver.forward import Forwarder, http_client
 from receiver.ingest import Ingestor
 from receiver.keys import INGESTOR, POOL, SETTINGS
@@ -26,7 +26,12 @@ def create_app(settings: Settings) -> web.Application:
         raise ValueError("create_app needs settings.database_url (start the embedded one first)")
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[access_log_middleware, errors_middleware, bearer_middleware],
+        middlewares=[
+            access_log_middleware,
+            errors_middleware,
+            body_limit_middleware,
+            bearer_middleware,
+        ],
     )
     app[SETTINGS] = settings
     app.add_routes(

@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from receiver.db import is_transient
+from receiver.keys import SETTINGS
 
 log = structlog.get_logger()
 
@@ -80,3 +81,16 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 def _keep_allow(exc: web.HTTPException) -> dict[str, str]:
     allow = exc.headers.get("Allow")
     return {"Allow": allow} if allow else {}
+
+
+@web.middleware
+async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a declared oversized body before reading a byte of it.
+
+    aiohttp's own limit only trips once that much has arrived, so a client announcing a huge
+    body and trickling it in would hold a handler until then.
+    """
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "body_too_large", f"body larger than {limit} bytes")
+    return await handler(request)

@@ -3,8 +3,8 @@
 import argparse
 import asyncio
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import asyncpg
 import structlog
@@ -43,38 +43,37 @@ async def _migrate(settings: Settings) -> None:
         await conn.close()
 
 
-async def _forward(settings: Settings) -> None:
-    """The forwarder alone, for running it apart from the HTTP service."""
+@asynccontextmanager
+async def _migrated_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     assert settings.database_url is not None
-    async with (
-        open_pool(settings.database_url.get_secret_value(), settings.db_pool_size) as pool,
-        http_client(settings) as session,
-    ):
+    async with open_pool(settings.database_url.get_secret_value(), settings.db_pool_size) as pool:
         async with pool.acquire() as conn:
             await migrate.apply(conn)
+        yield pool
+
+
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+async def _forward(settings: Settings) -> None:
+    """The forwarder alone, for running it apart from the HTTP service."""
+    async with _migrated_pool(settings) as pool, http_client(settings) as session:
         forwarder = Forwarder(pool, session, settings)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, forwarder.stop)
+        _stop_on_signals(forwarder.stop)
         log.info("forward.start")
         await forwarder.run()
 
 
 async def _poll(settings: Settings) -> None:
     """The poller alone, for running it apart from the HTTP service."""
-    assert settings.database_url is not None
-    async with (
-        open_pool(settings.database_url.get_secret_value(), settings.db_pool_size) as pool,
-        poll_client(settings) as session,
-    ):
-        async with pool.acquire() as conn:
-            await migrate.apply(conn)
+    async with _migrated_pool(settings) as pool, poll_client(settings) as session:
         ingestor = make_ingestor(pool, settings)
         ingestor.start()
         poller = Poller(pool, ingestor, session, settings)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, poller.stop)
+        _stop_on_signals(poller.stop)
         log.info("poll.start")
         try:
             await poller.run()

@@ -77,3 +77,11 @@ def is_transient(exc: BaseException) -> bool:
         # Class 40: deadlock or serialization failure; running again succeeds.
         | asyncpg.exceptions.TransactionRollbackError,
     )
+
+
+def log_loop_failure(component: str, exc: Exception) -> None:
+    """How a background loop (forwarder, poller) reports a failed round before it goes on."""
+    if is_transient(exc):
+        log.warning(f"{component}.database_unavailable", error=str(exc))
+    else:
+        log.exception(f"{component}.loop_failed")

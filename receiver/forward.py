@@ -21,7 +21,7 @@ import structlog
 import yarl
 
 from receiver import forward_queries
-from receiver.db import connection, is_transient
+from receiver.db import connection, is_transient, log_loop_failure
 from receiver.netguard import BlockedAddress, GuardedResolver, check_literal, parse_networks
 from receiver.retry_after import parse_retry_after
 from receiver.settings import Settings
@@ -85,10 +85,7 @@ class Forwarder:
                     claimed = await self._claim()
                 except Exception as exc:
                     # The forwarder must outlive any one failure: log, back off, go on.
-                    if is_transient(exc):
-                        log.warning("forward.database_unavailable", error=str(exc))
-                    else:
-                        log.exception("forward.loop_failed")
+                    log_loop_failure("forward", exc)
                     await self._drop_listener()
                     await asyncio.sleep(1)
                     continue

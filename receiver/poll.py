@@ -14,7 +14,7 @@ import asyncpg
 import structlog
 
 from receiver import queries
-from receiver.db import connection, is_transient
+from receiver.db import connection, log_loop_failure
 from receiver.ingest import Ingestor
 from receiver.providers import PROVIDERS, infobip
 from receiver.providers.base import PollError, PollTarget, Provider
@@ -114,10 +114,7 @@ class Poller:
             try:
                 polled = await self._poll_due()
             except Exception as exc:
-                if is_transient(exc):
-                    log.warning("poll.database_unavailable", error=str(exc))
-                else:
-                    log.exception("poll.loop_failed")
+                log_loop_failure("poll", exc)
                 polled = 0
             if not polled:
                 await self._pause(idle)
@@ -191,15 +188,20 @@ class Poller:
             async with connection(self._pool) as conn:
                 await queries.stop_polling(conn, provider.name, keys)
 
-    async def _provider_failed(self, name: str, exc: PollError, keys: list[str]) -> None:
+    def _pause_after(self, name: str, exc: PollError) -> float:
+        """How long to leave a provider alone after it failed us."""
         if exc.status == 429:
             pause = min(max(exc.retry_after or _DEFAULT_PAUSE, 1.0), _MAX_PAUSE)
         else:
             # 5xx, timeouts: back off this provider a little more each time in a row.
             self._failures[name] += 1
             pause = self._backoff(name)
-        self._paused_until[name] = asyncio.get_running_loop().time() + pause
         log.warning("poll.provider_failed", provider=name, error=str(exc), pause=pause)
+        return pause
+
+    async def _provider_failed(self, name: str, exc: PollError, keys: list[str]) -> None:
+        pause = self._pause_after(name, exc)
+        self._paused_until[name] = asyncio.get_running_loop().time() + pause
         async with connection(self._pool) as conn:
             await queries.poll_later(conn, name, keys, pause)
 
@@ -213,19 +215,9 @@ class Poller:
                 await self._drain(lock_key)
                 self._failures[infobip.NAME] = 0
             except PollError as exc:
-                if exc.status == 429:
-                    pause = min(max(exc.retry_after or _DEFAULT_PAUSE, 1.0), _MAX_PAUSE)
-                else:
-                    self._failures[infobip.NAME] += 1
-                    pause = self._backoff(infobip.NAME)
-                log.warning(
-                    "poll.provider_failed", provider=infobip.NAME, error=str(exc), pause=pause
-                )
+                pause = self._pause_after(infobip.NAME, exc)
             except Exception as exc:
-                if is_transient(exc):
-                    log.warning("poll.database_unavailable", error=str(exc))
-                else:
-                    log.exception("poll.loop_failed")
+                log_loop_failure("poll", exc)
                 pause = 1.0
             await self._pause(pause)
 

@@ -9,7 +9,7 @@ from enum import Enum
 from typing import Any
 
 import aiohttp
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from receiver.reports import InvalidReport, Parsed, StatusUpdate
 from receiver.retry_after import parse_retry_after
@@ -122,6 +122,27 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k).replace("\x00", ""): clean_json(v) for k, v in value.items()}
     return value
+
+
+def verify_hex_hmac(
+    secret: SecretStr | None,
+    headers: Mapping[str, str],
+    header_name: str,
+    body: bytes,
+    digest: str,
+) -> Verification:
+    """A hex HMAC of the raw body in one header (Messente: SHA-256, Comapi: SHA-1)."""
+    if secret is None:
+        return Verification.NOT_CONFIGURED
+    given = header(headers, header_name)
+    if not given:
+        return Verification.MISSING
+    expected = sign_hex_hmac(secret.get_secret_value(), body, digest)
+    return Verification.OK if same(expected, given.lower()) else Verification.BAD
+
+
+def sign_hex_hmac(secret: str, body: bytes, digest: str) -> str:
+    return hmac.new(secret.encode(), body, digest).hexdigest()
 
 
 def same(expected: str, given: str) -> bool:

@@ -1,8 +1,6 @@
 """Comapi / dotdigital Enterprise Communications API: signed webhook envelopes (single or batch),
 per-channel statuses, single and batch send registration."""
 
-import hashlib
-import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import replace
@@ -24,9 +22,9 @@ from receiver.providers.base import (
     clean,
     describe,
     fetch,
-    header,
     invalid,
-    same,
+    sign_hex_hmac,
+    verify_hex_hmac,
 )
 from receiver.reports import InvalidReport, Parsed, StatusUpdate
 from receiver.settings import Settings
@@ -97,18 +95,13 @@ class _Envelope(BaseModel):
 
 def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verification:
     """X-Comapi-Signature: lowercase hex HMAC-SHA1 of the raw body with the webhook secret."""
-    if settings.comapi_webhook_secret is None:
-        return Verification.NOT_CONFIGURED
-    given = header(headers, "X-Comapi-Signature")
-    if not given:
-        return Verification.MISSING
-    key = settings.comapi_webhook_secret.get_secret_value().encode()
-    expected = hmac.new(key, body, hashlib.sha1).hexdigest()
-    return Verification.OK if same(expected, given.lower()) else Verification.BAD
+    return verify_hex_hmac(
+        settings.comapi_webhook_secret, headers, "X-Comapi-Signature", body, "sha1"
+    )
 
 
 def sign(secret: str, body: bytes) -> str:
-    return hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+    return sign_hex_hmac(secret, body, "sha1")
 
 
 def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) -> Parsed:

@@ -1,7 +1,5 @@
 """Messente Omnichannel API: signed delivery reports, omnimessage registration, status codes."""
 
-import hashlib
-import hmac
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -22,9 +20,9 @@ from receiver.providers.base import (
     clean,
     describe,
     fetch,
-    header,
     invalid,
-    same,
+    sign_hex_hmac,
+    verify_hex_hmac,
 )
 from receiver.reports import Parsed, StatusUpdate
 from receiver.settings import Settings
@@ -71,19 +69,14 @@ class _DeliveryResult(BaseModel):
 
 def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verification:
     """X-Messente-Signature: hex HMAC-SHA256 of the raw body, keyed with the API password."""
-    if settings.messente_api_password is None:
-        return Verification.NOT_CONFIGURED
-    given = header(headers, "X-Messente-Signature")
-    if not given:
-        return Verification.MISSING
-    key = settings.messente_api_password.get_secret_value().encode()
-    expected = hmac.new(key, body, hashlib.sha256).hexdigest()
-    return Verification.OK if same(expected, given.lower()) else Verification.BAD
+    return verify_hex_hmac(
+        settings.messente_api_password, headers, "X-Messente-Signature", body, "sha256"
+    )
 
 
 def sign(password: str, body: bytes) -> str:
     """The signature Messente would send; for tests, tools and the README's curl example."""
-    return hmac.new(password.encode(), body, hashlib.sha256).hexdigest()
+    return sign_hex_hmac(password, body, "sha256")
 
 
 def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) -> Parsed:

@@ -18,13 +18,19 @@ async def insert_receipts(conn: Conn, receipts: Sequence[Receipt]) -> None:
         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[],
                              $6::text[])
         """,
+        *_receipt_columns(receipts),
+    )
+
+
+def _receipt_columns(receipts: Sequence[Receipt]) -> list[list[Any]]:
+    return [
         [r.id for r in receipts],
         [r.provider for r in receipts],
         [r.source for r in receipts],
         [r.content_type for r in receipts],
         [r.body for r in receipts],
         [r.problem for r in receipts],
-    )
+    ]
 
 
 async def lock_messages(conn: Conn, lock_ids: Sequence[int]) -> None:
@@ -146,12 +152,7 @@ async def write_batch(
         )
         select pg_notify($48, '') where exists (select 1 from deliveries_in)
         """,
-        [r.id for r in receipts],
-        [r.provider for r in receipts],
-        [r.source for r in receipts],
-        [r.content_type for r in receipts],
-        [r.body for r in receipts],
-        [r.problem for r in receipts],
+        *_receipt_columns(receipts),
         *(messages[c] for c in MESSAGE_COLUMNS),
         first_poll_in,
         [a[0] for a in aliases],

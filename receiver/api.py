@@ -15,7 +15,7 @@ from receiver import queries
 from receiver.db import connection, is_transient
 from receiver.errors import ApiError
 from receiver.jsonio import dumps, json_response
-from receiver.keys import INGESTOR, POOL
+from receiver.keys import INGESTOR, METRICS, POOL
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Provider, Registration, describe
 from receiver.reports import InvalidReport, Receipt
@@ -253,3 +253,18 @@ def _listed(row: asyncpg.Record) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gauges: dict[str, tuple[str, float]] = {}
+    try:
+        async with connection(request.app[POOL]) as conn:
+            pending = await conn.fetchval("select count(*) from deliveries where state = 'pending'")
+            dead = await conn.fetchval("select count(*) from deliveries where state = 'dead'")
+        gauges["dlr_forward_pending"] = ("Deliveries waiting to be sent or retried.", pending)
+        gauges["dlr_forward_dead"] = ("Dead-lettered deliveries (replayable).", dead)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+    body = request.app[METRICS].render(gauges)
+    return web.Response(text=body, content_type="text/plain", charset="utf-8")

@@ -12,8 +12,9 @@ from receiver.db import open_pool
 from receiver.errors import body_limit_middleware, errors_middleware
 from receiver.forward import Forwarder, http_client
 from receiver.ingest import Ingestor
-from receiver.keys import INGESTOR, POOL, SETTINGS
+from receiver.keys import INGESTOR, METRICS, POOL, SETTINGS
 from receiver.logs import access_log_middleware
+from receiver.metrics import Metrics
 from receiver.poll import Poller
 from receiver.poll import http_client as poll_client
 from receiver.providers import PROVIDERS
@@ -34,10 +35,12 @@ def create_app(settings: Settings) -> web.Application:
         ],
     )
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
     app.add_routes(
         [
             web.get("/healthz", api.healthz),
             web.get("/readyz", api.readyz),
+            web.get("/metrics", api.metrics),
             web.post("/webhooks/{provider}", webhooks.receive),
             web.post("/v1/messages/{provider}", api.register),
             web.get("/v1/messages", api.search_messages),
@@ -67,13 +70,16 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def make_ingestor(pool: asyncpg.Pool, settings: Settings) -> Ingestor:
+def make_ingestor(
+    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
+) -> Ingestor:
     return Ingestor(
         pool,
         settings.ingest_max_batch,
         settings.ingest_max_inflight,
         polled_providers=[p.name for p in PROVIDERS.values() if p.poll is not None],
         first_poll_in=settings.poll_min_interval,
+        metrics=metrics,
     )
 
 
@@ -89,7 +95,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 async def _ingest(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    ingestor = make_ingestor(app[POOL], settings)
+    ingestor = make_ingestor(app[POOL], settings, app[METRICS])
     ingestor.start()
     app[INGESTOR] = ingestor
     yield
@@ -98,7 +104,7 @@ async def _ingest(app: web.Application) -> AsyncIterator[None]:
 
 async def _forwarding(app: web.Application) -> AsyncIterator[None]:
     async with http_client(app[SETTINGS]) as session:
-        forwarder = Forwarder(app[POOL], session, app[SETTINGS])
+        forwarder = Forwarder(app[POOL], session, app[SETTINGS], app[METRICS])
         task = asyncio.create_task(forwarder.run(), name="forward")
         yield
         forwarder.stop()
@@ -107,7 +113,7 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
 
 async def _polling(app: web.Application) -> AsyncIterator[None]:
     async with poll_client(app[SETTINGS]) as session:
-        poller = Poller(app[POOL], app[INGESTOR], session, app[SETTINGS])
+        poller = Poller(app[POOL], app[INGESTOR], session, app[SETTINGS], app[METRICS])
         task = asyncio.create_task(poller.run(), name="poll")
         yield
         poller.stop()

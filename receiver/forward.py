@@ -22,6 +22,7 @@ import yarl
 
 from receiver import forward_queries
 from receiver.db import connection, is_transient, log_loop_failure
+from receiver.metrics import Metrics
 from receiver.netguard import BlockedAddress, GuardedResolver, check_literal, parse_networks
 from receiver.retry_after import parse_retry_after
 from receiver.settings import Settings
@@ -59,9 +60,14 @@ async def http_client(settings: Settings) -> AsyncIterator[aiohttp.ClientSession
 
 class Forwarder:
     def __init__(
-        self, pool: asyncpg.Pool, session: aiohttp.ClientSession, settings: Settings
+        self,
+        pool: asyncpg.Pool,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics or Metrics()
         self._session = session
         self._settings = settings
         self._allow = parse_networks(settings.forward_allow_networks)
@@ -158,6 +164,8 @@ class Forwarder:
             started = time.monotonic()
             status, retry_after, error = await self._post(row)
             duration_ms = int((time.monotonic() - started) * 1000)
+        ok = status is not None and 200 <= status < 300
+        self._metrics.inc("dlr_forward_attempts_total", result="delivered" if ok else "failed")
         await self._settle(row, status, retry_after, error, duration_ms)
 
     async def _post(self, row: asyncpg.Record) -> tuple[int | None, str | None, str | None]:

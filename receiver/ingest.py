@@ -20,6 +20,7 @@ import structlog
 
 from receiver import queries
 from receiver.db import Conn, connection, is_transient
+from receiver.metrics import Metrics
 from receiver.providers.base import clean_json
 from receiver.reports import Receipt, StatusUpdate
 from receiver.status import Observation, Outcome, Status, compose
@@ -74,8 +75,10 @@ class Ingestor:
         *,
         polled_providers: Sequence[str] = (),
         first_poll_in: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics or Metrics()
         # New messages of these providers get a first poll scheduled.
         self._polled_providers = tuple(polled_providers)
         self._first_poll_in = first_poll_in
@@ -160,6 +163,18 @@ class Ingestor:
                 async with connection(self._pool) as conn, conn.transaction():
                     await store(conn, batch, self._polled_providers, self._first_poll_in)
                 self.transactions += 1
+                self._metrics.inc("dlr_ingest_transactions_total")
+                for item in batch:
+                    provider = item.receipt.provider
+                    self._metrics.inc(
+                        "dlr_reports_total", item.new_events, provider=provider, outcome="new"
+                    )
+                    self._metrics.inc(
+                        "dlr_reports_total",
+                        len(item.updates) - item.new_events,
+                        provider=provider,
+                        outcome="duplicate",
+                    )
                 return
             except asyncpg.exceptions.TransactionRollbackError:
                 if attempt == _DEADLOCK_RETRIES - 1:

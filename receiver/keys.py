@@ -4,8 +4,10 @@ import asyncpg
 from aiohttp import web
 
 from receiver.ingest import Ingestor
+from receiver.metrics import Metrics
 from receiver.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 INGESTOR = web.AppKey("ingestor", Ingestor)
+METRICS = web.AppKey("metrics", Metrics)

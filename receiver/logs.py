@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from receiver.keys import METRICS
 from receiver.reports import new_id
 
 log = structlog.get_logger()
@@ -43,6 +44,12 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
+        if request.path.startswith("/webhooks/"):
+            request.app[METRICS].inc(
+                "dlr_webhook_requests_total",
+                provider=request.match_info.get("provider", "?"),
+                status=str(status),
+            )
         # Path only: query strings and bodies may carry secrets or personal data.
         log.info(
             "http.request",

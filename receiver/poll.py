@@ -16,6 +16,7 @@ import structlog
 from receiver import queries
 from receiver.db import connection, log_loop_failure
 from receiver.ingest import Ingestor
+from receiver.metrics import Metrics
 from receiver.providers import PROVIDERS, infobip
 from receiver.providers.base import PollError, PollTarget, Provider
 from receiver.reports import InvalidReport, Parsed, Receipt, StatusUpdate
@@ -61,8 +62,10 @@ class Poller:
         ingestor: Ingestor,
         session: aiohttp.ClientSession,
         settings: Settings,
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics or Metrics()
         self._ingestor = ingestor
         self._session = session
         self._settings = settings
@@ -170,6 +173,7 @@ class Poller:
                 await self._provider_failed(provider.name, exc, keys)
                 return
         self._failures[provider.name] = 0
+        self._metrics.inc("dlr_poll_requests_total", provider=provider.name, result="ok")
         if fetched.body:
             problem = "; ".join(fetched.problems) or None
             receipt = Receipt(provider.name, "poll", fetched.body, "application/json", problem)
@@ -190,6 +194,7 @@ class Poller:
 
     def _pause_after(self, name: str, exc: PollError) -> float:
         """How long to leave a provider alone after it failed us."""
+        self._metrics.inc("dlr_poll_requests_total", provider=name, result="failed")
         if exc.status == 429:
             pause = min(max(exc.retry_after or _DEFAULT_PAUSE, 1.0), _MAX_PAUSE)
         else:
@@ -232,6 +237,9 @@ class Poller:
                 for path in infobip.REPORT_PATHS:
                     while not self._stopping.is_set():
                         body = await infobip.fetch_reports(self._session, self._settings, path)
+                        self._metrics.inc(
+                            "dlr_poll_requests_total", provider=infobip.NAME, result="ok"
+                        )
                         try:
                             parsed = infobip.parse_webhook(body, "application/json", _now())
                         except InvalidReport as exc:

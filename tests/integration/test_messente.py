@@ -370,3 +370,18 @@ async def test_one_log_line_per_request_with_the_webhook_facts_and_no_secrets(
     text = repr(logs)
     assert MESSENTE_PASSWORD not in text
     assert messente.sign(MESSENTE_PASSWORD, body) not in text
+
+
+async def test_metrics_count_webhooks_and_reports(client: Client) -> None:
+    body = report("DELIVRD")
+    await post_report(client, body)
+    await post_report(client, body)
+    await post_report(client, body, signature="0" * 64)
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    text = await resp.text()
+    assert 'dlr_webhook_requests_total{provider="messente",status="200"} 2' in text
+    assert 'dlr_webhook_requests_total{provider="messente",status="401"} 1' in text
+    assert 'dlr_reports_total{outcome="new",provider="messente"} 1' in text
+    assert 'dlr_reports_total{outcome="duplicate",provider="messente"} 1' in text
+    assert "dlr_forward_pending 0" in text

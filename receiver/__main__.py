@@ -2,7 +2,10 @@
 
 import argparse
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -81,6 +84,47 @@ async def _poll(settings: Settings) -> None:
             await ingestor.close()
 
 
+def _serve(settings: Settings) -> None:
+    if settings.workers > 1:
+        _serve_workers(settings)
+        return
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        print=None,
+        # Workers share the port; the kernel spreads connections across them.
+        reuse_port=settings.reuse_port or None,
+    )
+
+
+def _serve_workers(settings: Settings) -> None:
+    """N single-process servers on one port (SO_REUSEPORT), so a host's cores are all used.
+    They share nothing but the database, which is all they ever share across hosts too."""
+    assert settings.database_url is not None
+    env = {
+        **os.environ,
+        "RECEIVER_DATABASE_URL": settings.database_url.get_secret_value(),
+        "RECEIVER_WORKERS": "1",
+        "RECEIVER_REUSE_PORT": "true",
+    }
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "receiver", "serve"], env=env)
+        for _ in range(settings.workers)
+    ]
+
+    def stop(*_: object) -> None:
+        for worker in workers:
+            worker.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("serve.workers", workers=settings.workers)
+    for worker in workers:
+        worker.wait()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,13 +145,7 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_poll(settings))
         else:
             log.info("serve.start", host=settings.host, port=settings.port)
-            web.run_app(
-                create_app(settings),
-                host=settings.host,
-                port=settings.port,
-                access_log=None,
-                print=None,
-            )
+            _serve(settings)
 
 
 if __name__ == "__main__":

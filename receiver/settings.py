@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("receiver-data")
     host: str = "127.0.0.1"
     port: int = 8080
+    # Processes serving one port (SO_REUSEPORT); 1 serves in this process.
+    workers: int = Field(default=1, ge=1, le=64)
+    reuse_port: bool = False
     api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     log_level: str = "info"
 

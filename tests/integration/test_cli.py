@@ -125,3 +125,45 @@ async def test_concurrent_migrations_apply_each_version_once(database_url: str) 
     finally:
         for conn in conns:
             await conn.close()
+
+
+def test_serve_with_two_workers_shares_one_port(database_url: str) -> None:
+    port = free_port()
+    env = clean_env(
+        RECEIVER_DATABASE_URL=database_url,
+        RECEIVER_PORT=str(port),
+        RECEIVER_WORKERS="2",
+        RECEIVER_API_TOKENS="cli-token",
+        RECEIVER_MESSENTE_API_PASSWORD="cli-password",
+        RECEIVER_POLL_ENABLED="false",
+        RECEIVER_FORWARD_ENABLED="false",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "receiver", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=1):  # noqa: S310
+                    break
+            except OSError:
+                time.sleep(0.2)
+        for i in range(20):
+            body = json.dumps({"omnimessage_id": f"w-{i}", "status": "DELIVRD"}).encode()
+            post = urllib.request.Request(  # noqa: S310
+                f"{base}/webhooks/messente",
+                data=body,
+                headers={"X-Messente-Signature": messente.sign("cli-password", body)},
+            )
+            with urllib.request.urlopen(post, timeout=10) as resp:  # noqa: S310
+                assert resp.status == 200
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0

@@ -76,7 +76,9 @@ def wait_ready(url: str, path: str) -> None:
 
 
 @contextlib.contextmanager
-def server(kind: str, database_url: str, *, forward: bool = False) -> Iterator[tuple[str, int]]:
+def server(
+    kind: str, database_url: str, *, forward: bool = False, workers: int = 1
+) -> Iterator[tuple[str, int]]:
     port = free_port()
     if kind == "receiver":
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
@@ -90,6 +92,7 @@ def server(kind: str, database_url: str, *, forward: bool = False) -> Iterator[t
             RECEIVER_POLL_ENABLED="false",
             RECEIVER_FORWARD_ENABLED="true" if forward else "false",
             RECEIVER_FORWARD_ALLOW_NETWORKS="127.0.0.0/8",
+            RECEIVER_WORKERS=str(workers),
         )
         cmd = [sys.executable, "-m", "receiver", "serve"]
         probe = "/healthz"
@@ -118,11 +121,15 @@ def server(kind: str, database_url: str, *, forward: bool = False) -> Iterator[t
 
 
 def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident memory of the server: the process and its workers, added up."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = 0.0
+    for each in [str(pid), *children]:
+        with open(f"/proc/{each}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
 def load(*args: str) -> dict[str, Any]:
@@ -143,6 +150,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--only", choices=["ingest", "forward"], help="run just one part")
+    parser.add_argument("--workers", type=int, default=1, help="RECEIVER_WORKERS for the receiver")
     args = parser.parse_args()
 
     rows: list[tuple[str, str, dict[str, Any]]] = []
@@ -150,7 +158,7 @@ def main() -> None:
     with postgres() as server_url:
         for workload in ("messente", "infobip") if args.only != "forward" else ():
             for kind in ("noop", "naive", "receiver"):
-                with server(kind, fresh_database(server_url)) as (url, pid):
+                with server(kind, fresh_database(server_url), workers=args.workers) as (url, pid):
                     stats = load(
                         "ingest",
                         "--url",
@@ -166,7 +174,9 @@ def main() -> None:
                 rows.append((workload, kind, stats))
                 print(f"{workload:9} {kind:9} {json.dumps(stats)}", file=sys.stderr)
         if args.only != "ingest":
-            with server("receiver", fresh_database(server_url), forward=True) as (url, pid):
+            with server(
+                "receiver", fresh_database(server_url), forward=True, workers=args.workers
+            ) as (url, pid):
                 fwd = load(
                     "forward",
                     "--url",

@@ -19,7 +19,7 @@ import pydantic_core
 import structlog
 
 from receiver import queries
-from receiver.db import Conn, connection, is_transient
+from receiver.db import Conn, DatabaseUnavailable, connection, is_transient
 from receiver.metrics import Metrics
 from receiver.providers.base import clean_json
 from receiver.reports import Receipt, StatusUpdate
@@ -27,7 +27,9 @@ from receiver.status import Observation, Outcome, Status, compose
 
 log = structlog.get_logger()
 
-_DEADLOCK_RETRIES = 3
+# Deadlocks, serialization failures and races on new messages are retried this many times,
+# then answered 503 (the provider retries later).
+_DEADLOCK_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -176,10 +178,12 @@ class Ingestor:
                         outcome="duplicate",
                     )
                 return
-            except asyncpg.exceptions.TransactionRollbackError:
+            except (asyncpg.exceptions.TransactionRollbackError, Raced) as exc:
                 if attempt == _DEADLOCK_RETRIES - 1:
-                    raise
-                log.warning("ingest.retry", attempt=attempt + 1, requests=len(batch))
+                    raise DatabaseUnavailable(f"gave up after {attempt + 1} tries: {exc}") from exc
+                log.warning(
+                    "ingest.retry", attempt=attempt + 1, requests=len(batch), reason=repr(exc)
+                )
 
     async def _fail(self, batch: list[_Submission], exc: Exception) -> None:
         if is_transient(exc):
@@ -235,7 +239,7 @@ async def store(
     keys = sorted({(u.provider, u.message_key) for _, u in pairs})
     states: dict[tuple[str, str], _State] = {key: _State() for key in keys}
     if keys:
-        await queries.lock_messages(conn, sorted({_lock_id(key) for key in keys}))
+        await queries.lock_messages(conn, keys)
         for stored in await queries.read_messages(conn, keys):
             states[(stored["provider"], stored["key"])].load(stored)
 
@@ -262,24 +266,28 @@ async def store(
         if change is not None:
             changes.append(change)
 
-    await queries.write_batch(
+    inserted = await queries.write_batch(
         conn,
         receipts=[item.receipt for item in batch],
-        messages=_columns(message_rows, queries.MESSAGE_COLUMNS),
+        messages=_columns(message_rows, (*queries.MESSAGE_COLUMNS, "existed")),
         aliases=sorted({(u.provider, a, u.message_key) for _, u in pairs for a in u.aliases}),
         events=_columns([_event_row(item, u) for item, u in new_events], queries.EVENT_COLUMNS),
         unmapped=dict(unmapped),
         deliveries=_columns([_delivery_row(c) for c in changes], queries.DELIVERY_COLUMNS),
         first_poll_in=first_poll_in,
     )
+    expected = sum(1 for row in message_rows if not row["existed"])
+    if inserted != expected:
+        # A concurrent transaction created one of "our" new messages after we looked: what we
+        # computed for it misses that transaction's events. Roll back and go again.
+        raise Raced(f"{expected - inserted} new messages were created concurrently")
     for item in batch:
         touched = {(u.provider, u.message_key) for u in item.updates}
         item.changes.extend(c for c in changes if (c.provider, c.key) in touched)
 
 
-def _lock_id(key: tuple[str, str]) -> int:
-    digest = hashlib.blake2b(f"{key[0]}\x00{key[1]}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+class Raced(Exception):  # noqa: N818 - a condition to retry, not an error
+    """Another transaction created a message this batch believed new; retry the batch."""
 
 
 @dataclass
@@ -404,6 +412,7 @@ class _State:
             "attempts": _json_text(attempts),
             "seq": seq,
             "poll": polled and old is None,
+            "existed": old is not None,
         }
         unchanged = (
             old is not None

@@ -33,15 +33,24 @@ def _receipt_columns(receipts: Sequence[Receipt]) -> list[list[Any]]:
     ]
 
 
-async def lock_messages(conn: Conn, lock_ids: Sequence[int]) -> None:
-    """Serialise transactions that touch the same messages, existing or about to be created.
+async def lock_messages(conn: Conn, keys: Sequence[tuple[str, str]]) -> None:
+    """Lock the stored messages among these keys until commit, in key order (no deadlocks).
 
-    A transaction-scoped advisory lock per message key, taken in ascending order so two
-    batches sharing messages cannot deadlock. With the locks held, what read_messages sees is
-    the whole committed truth for these messages until this transaction commits.
+    Row locks, not advisory ones: they live in the rows, so a batch of thousands of messages
+    cannot exhaust Postgres's shared lock table. With them held, the next statement
+    (read_messages, a fresh snapshot) sees every event committed for these messages. Messages
+    not stored yet cannot be locked; write_batch inserts them only if still absent.
     """
     await conn.execute(
-        "select pg_advisory_xact_lock(k) from unnest($1::bigint[]) as k", list(lock_ids)
+        """
+        select 1 from messages m
+        join unnest($1::text[], $2::text[]) as k(provider, key)
+          on m.provider = k.provider and m.key = k.key
+        order by m.provider, m.key
+        for update of m
+        """,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
     )
 
 
@@ -75,8 +84,10 @@ async def write_batch(
     unmapped: dict[tuple[str, str], int],
     deliveries: dict[str, list[Any]],
     first_poll_in: float,
-) -> None:
-    """Everything a batch changes, in one statement (one round trip).
+) -> int:
+    """Everything a batch changes, in one statement (one round trip). Returns how many of the
+    messages believed new were inserted: fewer means another transaction created one of them
+    meanwhile, and the caller must roll back and try again.
 
     Rules that live here: events are only ever inserted, and a dedup key already stored for a
     message is skipped (rule 2); an alias already pointing at a message stays; each status
@@ -84,34 +95,44 @@ async def write_batch(
     forwarders is delivered only if this commits. Foreign keys are checked at the end of the
     statement, so events may reference messages inserted by it.
     """
-    await conn.execute(
+    row = await conn.fetchrow(
         """
         with receipts_in as (
             insert into receipts (id, provider, source, content_type, body, problem)
             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[],
                                  $6::text[])
-        ), messages_in as (
-            insert into messages as m (provider, key, recipient, group_key, reference,
-                                       channel_order, registered_at, status, status_at,
-                                       channel, attempts, seq, next_poll_at)
+        ), u as (
+            select * from unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                                 $12::text[], $13::bool[], $14::text[], $15::timestamptz[],
+                                 $16::text[], $17::text[], $18::int[], $19::bool[],
+                                 $49::bool[])
+                 as u(provider, key, recipient, group_key, reference, channel_order,
+                      registered, status, status_at, channel, attempts, seq, poll, existed)
+        ), messages_updated as (
+            -- Stored messages: locked by lock_messages, so these values, computed from all
+            -- of their events, are the truth.
+            update messages m set
+                recipient = u.recipient, group_key = u.group_key, reference = u.reference,
+                channel_order = string_to_array(u.channel_order, ','),
+                registered_at = coalesce(m.registered_at, case when u.registered then now() end),
+                status = u.status, status_at = u.status_at, channel = u.channel,
+                attempts = u.attempts::jsonb, seq = u.seq, updated_at = now()
+            from u
+            where u.existed and m.provider = u.provider and m.key = u.key
+        ), messages_inserted as (
+            -- New messages: inserted only if nobody else has meanwhile (never overwritten).
+            insert into messages (provider, key, recipient, group_key, reference,
+                                  channel_order, registered_at, status, status_at, channel,
+                                  attempts, seq, next_poll_at)
             select u.provider, u.key, u.recipient, u.group_key, u.reference,
                    string_to_array(u.channel_order, ','),
                    case when u.registered then now() end,
                    u.status, u.status_at, u.channel, u.attempts::jsonb, u.seq,
                    case when u.poll then now() + make_interval(secs => $20) end
-            from unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                        $12::text[], $13::bool[], $14::text[], $15::timestamptz[], $16::text[],
-                        $17::text[], $18::int[], $19::bool[])
-                 as u(provider, key, recipient, group_key, reference, channel_order,
-                      registered, status, status_at, channel, attempts, seq, poll)
-            -- The values were computed under this message's lock from all of its events.
-            on conflict (provider, key) do update set
-                recipient = excluded.recipient, group_key = excluded.group_key,
-                reference = excluded.reference, channel_order = excluded.channel_order,
-                registered_at = coalesce(m.registered_at, excluded.registered_at),
-                status = excluded.status, status_at = excluded.status_at,
-                channel = excluded.channel, attempts = excluded.attempts, seq = excluded.seq,
-                updated_at = now()
+            from u
+            where not u.existed
+            on conflict (provider, key) do nothing
+            returning 1
         ), aliases_in as (
             insert into aliases (provider, alias, message_key)
             select * from unnest($21::text[], $22::text[], $23::text[])
@@ -149,8 +170,12 @@ async def write_batch(
              and (s.providers is null or c.provider = any(s.providers))
             on conflict (subscription_id, event_id) do nothing
             returning 1
+        ), notified as (
+            -- Wakes the forwarders, once, and only when this commits with something queued.
+            select pg_notify($48, '') from (select 1 from deliveries_in limit 1) as queued
         )
-        select pg_notify($48, '') where exists (select 1 from deliveries_in)
+        select (select count(*) from messages_inserted) as inserted,
+               (select count(*) from notified) as notified
         """,
         *_receipt_columns(receipts),
         *(messages[c] for c in MESSAGE_COLUMNS),
@@ -164,7 +189,11 @@ async def write_batch(
         list(unmapped.values()),
         *(deliveries[c] for c in DELIVERY_COLUMNS),
         NOTIFY_CHANNEL,
+        messages["existed"],
     )
+    assert row is not None
+    inserted: int = row["inserted"]
+    return inserted
 
 
 # The column order of write_batch's arrays.

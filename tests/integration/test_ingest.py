@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 from aiohttp.test_utils import TestClient
 
 from receiver.db import open_pool
@@ -97,3 +98,41 @@ async def test_database_outage_answers_503_then_recovers_by_itself(
     message = await client.get("/v1/messages/messente/m1", headers=AUTH)
     assert (await message.json())["status"] == "delivered"
     assert client.app[INGESTOR].transactions >= 1
+
+
+async def test_two_writers_creating_the_same_new_messages_agree(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    # Two processes' ingestors, each told about the same brand-new messages at the same time:
+    # one creates each message, the other must notice, retry, and fold its event in.
+    async with open_pool(database_url, 4) as pool_a, open_pool(database_url, 4) as pool_b:
+        a, b = Ingestor(pool_a), Ingestor(pool_b)
+        a.start()
+        b.start()
+        try:
+            jobs = []
+            for i in range(100):
+                key = f"race-{i}"
+                jobs.append(
+                    a.submit(
+                        Receipt("messente", "webhook", b"a"), [update(key, "sent", Status.SENT)]
+                    )
+                )
+                jobs.append(
+                    b.submit(
+                        Receipt("messente", "webhook", b"b"),
+                        [update(key, "delivered", Status.DELIVERED)],
+                    )
+                )
+            with capture_logs() as logs:
+                results = await asyncio.gather(*jobs)
+        finally:
+            await a.close()
+            await b.close()
+    assert all(r.new_events == 1 for r in results)
+    # The race is real: at least one batch found its "new" message created under it.
+    assert any(e["event"] == "ingest.retry" and "Raced" in e["reason"] for e in logs)
+    assert await db.fetchval("select count(*) from events") == 200
+    statuses = await db.fetch("select status, seq from messages")
+    assert len(statuses) == 100
+    assert {r["status"] for r in statuses} == {"delivered"}

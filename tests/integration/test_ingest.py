@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-from structlog.testing import capture_logs
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from receiver.db import open_pool
 from receiver.ingest import Ingestor

@@ -13,7 +13,7 @@ import aiohttp
 import asyncpg
 import structlog
 
-from receiver import queries
+from receiver import poll_queries
 from receiver.db import connection, log_loop_failure
 from receiver.ingest import Ingestor
 from receiver.metrics import Metrics
@@ -128,7 +128,7 @@ class Poller:
             return 0
         settings = self._settings
         async with connection(self._pool) as conn:
-            claimed = await queries.claim_polls(
+            claimed = await poll_queries.claim_polls(
                 conn,
                 active,
                 _CLAIM_BATCH,
@@ -160,7 +160,7 @@ class Poller:
     async def _poll_group(self, provider: Provider, group: str) -> None:
         async with connection(self._pool) as conn:
             # Recipients Mercury refused at registration are settled; the rest share its fate.
-            members = await queries.group_keys(conn, provider.name, group, "rejected")
+            members = await poll_queries.group_keys(conn, provider.name, group, "rejected")
         await self._poll_one(provider, PollTarget(group, group, members), members)
 
     async def _poll_one(self, provider: Provider, target: PollTarget, keys: list[str]) -> None:
@@ -190,7 +190,7 @@ class Poller:
             )
         if fetched.done:
             async with connection(self._pool) as conn:
-                await queries.stop_polling(conn, provider.name, keys)
+                await poll_queries.stop_polling(conn, provider.name, keys)
 
     def _pause_after(self, name: str, exc: PollError) -> float:
         """How long to leave a provider alone after it failed us."""
@@ -208,7 +208,7 @@ class Poller:
         pause = self._pause_after(name, exc)
         self._paused_until[name] = asyncio.get_running_loop().time() + pause
         async with connection(self._pool) as conn:
-            await queries.poll_later(conn, name, keys, pause)
+            await poll_queries.poll_later(conn, name, keys, pause)
 
     # Infobip: drain the account's report queues
 

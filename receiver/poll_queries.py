@@ -1,0 +1,87 @@
+"""The SQL of polling: which messages are due, and moving or ending their schedules."""
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from receiver.db import Conn
+
+
+async def claim_polls(
+    conn: Conn,
+    providers: Sequence[str],
+    limit: int,
+    *,
+    min_interval: float,
+    max_interval: float,
+    max_age: float,
+) -> list[asyncpg.Record]:
+    """Take unfinished messages due for a poll and schedule their next one (doubling from
+    min_interval up to max_interval). Past max_age a message is marked stale instead, and
+    comes back with stale = true so the caller skips it."""
+    return await conn.fetch(
+        """
+        with due as (
+            select provider, key from messages
+            where provider = any($1::text[]) and next_poll_at <= now() and not stale
+              and status not in ('delivered', 'read', 'failed', 'expired', 'rejected',
+                                 'cancelled')
+            order by next_poll_at
+            limit $2
+            for update skip locked
+        )
+        update messages m set
+            stale = m.created_at < now() - make_interval(secs => $5),
+            next_poll_at = case
+                when m.created_at < now() - make_interval(secs => $5) then null
+                else now() + make_interval(
+                    secs => least($4, $3 * power(2, least(m.poll_attempts, 30))))
+            end,
+            poll_attempts = m.poll_attempts + 1
+        from due
+        where m.provider = due.provider and m.key = due.key
+        returning m.provider, m.key, m.group_key, m.stale
+        """,
+        list(providers),
+        limit,
+        min_interval,
+        max_interval,
+        max_age,
+    )
+
+
+async def poll_later(conn: Conn, provider: str, keys: Sequence[str], seconds: float) -> None:
+    """Move these messages' next poll (a provider asked us to back off)."""
+    await conn.execute(
+        """
+        update messages set next_poll_at = now() + make_interval(secs => $3)
+        where provider = $1 and key = any($2::text[]) and next_poll_at is not null
+        """,
+        provider,
+        list(keys),
+        seconds,
+    )
+
+
+async def stop_polling(conn: Conn, provider: str, keys: Sequence[str]) -> None:
+    await conn.execute(
+        "update messages set next_poll_at = null where provider = $1 and key = any($2::text[])",
+        provider,
+        list(keys),
+    )
+
+
+async def group_keys(
+    conn: Conn, provider: str, group: str, exclude_status: str | None = None
+) -> list[str]:
+    rows = await conn.fetch(
+        """
+        select key from messages
+        where provider = $1 and group_key = $2 and ($3::text is null or status <> $3)
+        order by key
+        """,
+        provider,
+        group,
+        exclude_status,
+    )
+    return [r["key"] for r in rows]

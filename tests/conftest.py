@@ -3,8 +3,9 @@ database per test cloned from a migrated template, and the app behind a real HTT
 
 import asyncio
 import os
+import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +27,22 @@ COMAPI_SECRET = "comapi-webhook-secret-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 AiohttpClient = Callable[..., Any]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Wait until an asynchronous check holds; fail the test if it does not in time."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
 
 
 def with_database(url: str, name: str) -> str:

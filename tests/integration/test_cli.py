@@ -3,7 +3,6 @@
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,19 @@ import pytest
 
 from receiver import migrate
 from receiver.providers import messente
+from tests.conftest import free_port
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def wait_ready(base: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=1) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{base} did not become ready")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -49,16 +54,7 @@ def served(tmp_path: Path) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=1) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError("serve did not become ready")
+        wait_ready(base)
         yield base
     finally:
         proc.terminate()
@@ -146,13 +142,7 @@ def test_serve_with_two_workers_shares_one_port(database_url: str) -> None:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=1):  # noqa: S310
-                    break
-            except OSError:
-                time.sleep(0.2)
+        wait_ready(base)
         for i in range(20):
             body = json.dumps({"omnimessage_id": f"w-{i}", "status": "DELIVRD"}).encode()
             post = urllib.request.Request(  # noqa: S310

@@ -23,7 +23,7 @@ from receiver.db import open_pool
 from receiver.forward import Forwarder, http_client
 from receiver.providers import messente
 from receiver.settings import Settings
-from tests.conftest import AUTH, MESSENTE_PASSWORD, AiohttpClient, make_settings
+from tests.conftest import AUTH, MESSENTE_PASSWORD, AiohttpClient, eventually, make_settings
 
 Client = TestClient[Any, Any]
 LOOPBACK = ("127.0.0.0/8", "::1/128")
@@ -111,14 +111,6 @@ async def report(client: Client, omni: str, status: str, ts: str = "2024-05-02T1
     headers = {"X-Messente-Signature": messente.sign(MESSENTE_PASSWORD, body)}
     resp = await client.post("/webhooks/messente", data=body, headers=headers)
     assert resp.status == 200
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_status_change_arrives_signed_per_standard_webhooks(

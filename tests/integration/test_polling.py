@@ -19,7 +19,7 @@ from receiver.db import open_pool
 from receiver.poll import Poller, http_client
 from receiver.providers import messente
 from receiver.settings import Settings
-from tests.conftest import AUTH, MESSENTE_PASSWORD, AiohttpClient, make_settings
+from tests.conftest import AUTH, MESSENTE_PASSWORD, AiohttpClient, eventually, make_settings
 from tests.fakes import (
     COMAPI_AUTH,
     INFOBIP_KEY,
@@ -70,14 +70,6 @@ def poll_settings(database_url: str, fake: FakeProviders, **overrides: Any) -> S
 async def pclient(database_url: str, fake: FakeProviders, aiohttp_client: AiohttpClient) -> Client:
     client: Client = await aiohttp_client(create_app(poll_settings(database_url, fake)))
     return client
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def status_of(client: Client, provider: str, id_: str) -> str:

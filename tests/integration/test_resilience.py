@@ -5,7 +5,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import uuid
 from collections import Counter
@@ -20,16 +19,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from receiver.providers import messente
-from tests.conftest import API_TOKEN, AUTH, MESSENTE_PASSWORD
+from tests.conftest import API_TOKEN, AUTH, MESSENTE_PASSWORD, free_port
 
 Client = TestClient[Any, Any]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def signed(omni: str, status: str = "DELIVRD") -> tuple[bytes, dict[str, str]]:

@@ -8,6 +8,9 @@ import argparse
 import hashlib
 import hmac
 import json
+import signal
+import subprocess
+import sys
 
 import asyncpg
 from aiohttp import web
@@ -65,14 +68,37 @@ def main() -> None:
     parser.add_argument("kind", choices=["noop", "naive"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--database-url", default="")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    parser.add_argument("--reuse-port", action="store_true")
     args = parser.parse_args()
+    if args.workers > 1:
+        # The same shape as RECEIVER_WORKERS, so a comparison with workers is a fair one.
+        child = [sys.executable, "-m", "bench.baselines", args.kind, "--port", str(args.port)]
+        child += ["--database-url", args.database_url, "--reuse-port"]
+        workers = [subprocess.Popen(child) for _ in range(args.workers)]
+
+        def stop(*_: object) -> None:
+            for worker in workers:
+                worker.terminate()
+
+        signal.signal(signal.SIGTERM, stop)
+        for worker in workers:
+            worker.wait()
+        return
     if args.kind == "noop":
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_post("/webhooks/messente", noop)
         app.router.add_post("/webhooks/infobip", noop)
     else:
         app = naive_app(args.database_url)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        access_log=None,
+        print=None,
+        reuse_port=args.reuse_port,
+    )
 
 
 if __name__ == "__main__":

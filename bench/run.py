@@ -9,9 +9,11 @@ steady rate. Prints a Markdown table (the one in the README comes from here).
 """
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -48,18 +50,25 @@ def postgres() -> Iterator[str]:
         yield url
 
 
-def fresh_database(server_url: str) -> str:
+@contextlib.contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A new database for one run, dropped after it with a checkpoint, so that no run pays
+    for the one before it (autovacuum of its tables, a checkpoint of its WAL)."""
     name = f"bench_{uuid.uuid4().hex[:10]}"
 
-    async def create() -> None:
+    async def admin(*statements: str) -> None:
         conn = await asyncpg.connect(server_url)
-        await conn.execute(f'create database "{name}"')
-        await conn.close()
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
 
-    import asyncio
-
-    asyncio.run(create())
-    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    asyncio.run(admin(f'create database "{name}"'))
+    try:
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        asyncio.run(admin(f'drop database "{name}" with (force)', "checkpoint"))
 
 
 def wait_ready(url: str, path: str) -> None:
@@ -107,6 +116,8 @@ def server(
             str(port),
             "--database-url",
             database_url,
+            "--workers",
+            str(workers),
         ]
         probe = "/"
     proc = subprocess.Popen(
@@ -122,9 +133,8 @@ def server(
 
 def peak_rss_mib(pid: int) -> float:
     """Peak resident memory of the server: the process and its workers, added up."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     total = 0.0
-    for each in [str(pid), *children]:
+    for each in _server_pids(pid):
         with open(f"/proc/{each}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
@@ -132,7 +142,38 @@ def peak_rss_mib(pid: int) -> float:
     return total
 
 
-def load(*args: str) -> dict[str, Any]:
+def _cpu_seconds(pids: list[str]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _server_pids(pid: int) -> list[str]:
+    return [str(pid), *Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _postgres_pids() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "postgres":
+                    found.append(entry.name)
+    return found
+
+
+def load(server_pid: int, *args: str) -> dict[str, Any]:
+    """Runs the load generator against a server; adds where the machine's CPU went meanwhile:
+    seconds of CPU per second of wall time for the server, Postgres and the load generator."""
+    before = time.monotonic()
+    server0 = _cpu_seconds(_server_pids(server_pid))
+    postgres0 = _cpu_seconds(_postgres_pids())
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [sys.executable, "-m", "bench.load", *args],
         cwd=ROOT,
@@ -140,7 +181,13 @@ def load(*args: str) -> dict[str, Any]:
         capture_output=True,
         text=True,
     )
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.monotonic() - before
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["cores_server"] = (_cpu_seconds(_server_pids(server_pid)) - server0) / wall
+    result["cores_postgres"] = (_cpu_seconds(_postgres_pids()) - postgres0) / wall
+    loadgen = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    result["cores_load"] = loadgen / wall
     return result
 
 
@@ -158,8 +205,12 @@ def main() -> None:
     with postgres() as server_url:
         for workload in ("messente", "infobip") if args.only != "forward" else ():
             for kind in ("noop", "naive", "receiver"):
-                with server(kind, fresh_database(server_url), workers=args.workers) as (url, pid):
+                with (
+                    scratch_database(server_url) as database,
+                    server(kind, database, workers=args.workers) as (url, pid),
+                ):
                     stats = load(
+                        pid,
                         "ingest",
                         "--url",
                         url,
@@ -174,10 +225,12 @@ def main() -> None:
                 rows.append((workload, kind, stats))
                 print(f"{workload:9} {kind:9} {json.dumps(stats)}", file=sys.stderr)
         if args.only != "ingest":
-            with server(
-                "receiver", fresh_database(server_url), forward=True, workers=args.workers
-            ) as (url, pid):
+            with (
+                scratch_database(server_url) as database,
+                server("receiver", database, forward=True, workers=args.workers) as (url, pid),
+            ):
                 fwd = load(
+                    pid,
                     "forward",
                     "--url",
                     url,
@@ -200,17 +253,26 @@ def main() -> None:
             f"\nforwarding at {args.rate:g}/s offered ({fwd['achieved_rate']:,.0f}/s "
             f"acknowledged): {fwd['forwarded']}/{fwd['acked']} forwarded, lag p50 "
             f"{fwd['lag_p50_ms']:.0f} ms, p99 {fwd['lag_p99_ms']:.0f} ms, receiver peak RSS "
-            f"{fwd['peak_rss_mib']:.0f} MiB"
+            f"{fwd['peak_rss_mib']:.0f} MiB; cores server / pg / load {fwd['cores_server']:.2f}"
+            f" / {fwd['cores_postgres']:.2f} / {fwd['cores_load']:.2f}"
         )
 
 
 def print_ingest(rows: list[tuple[str, str, dict[str, Any]]]) -> None:
-    print("| workload | server | reports/s | p50 ms | p99 ms | errors | peak RSS MiB |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    # Cores: CPU seconds per second used by the server, Postgres and the load generator while
+    # the load ran (2 is all of this machine); CPU µs per report is the same per report.
+    print(
+        "| workload | server | reports/s | p50 ms | p99 ms | errors | peak RSS MiB "
+        "| cores server / pg / load | CPU µs per report server / pg |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---|---|")
     for workload, kind, s in rows:
+        rate = s["reports_per_s"] or float("nan")
         print(
             f"| {workload} | {kind} | {s['reports_per_s']:,.0f} | {s['p50_ms']:.1f} | "
-            f"{s['p99_ms']:.1f} | {s['errors']} | {s['peak_rss_mib']:.0f} |"
+            f"{s['p99_ms']:.1f} | {s['errors']} | {s['peak_rss_mib']:.0f} | "
+            f"{s['cores_server']:.2f} / {s['cores_postgres']:.2f} / {s['cores_load']:.2f} | "
+            f"{s['cores_server'] / rate * 1e6:.0f} / {s['cores_postgres'] / rate * 1e6:.0f} |"
         )
     by = {(w, k): s for w, k, s in rows}
     for workload in ("messente", "infobip"):

@@ -76,6 +76,7 @@ class Forwarder:
         self._per_subscription: dict[uuid.UUID, asyncio.Semaphore] = {}
         self._listener: asyncpg.Connection | None = None
         self._stopping = False
+        self.delivered = _SettleTogether(pool)
 
     def stop(self) -> None:
         """Finish the round under way and return from run(); claims not yet delivered go back
@@ -84,6 +85,7 @@ class Forwarder:
         self._wake.set()
 
     async def run(self) -> None:
+        settler = asyncio.create_task(self.delivered.run(), name="forward-settle")
         try:
             while not self._stopping:
                 try:
@@ -106,6 +108,8 @@ class Forwarder:
             for task in self._inflight:
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
+            self.delivered.close()
+            await settler
 
     async def _listen(self) -> None:
         # A connection of its own, held for LISTEN; polling covers the gaps when it is down.
@@ -208,10 +212,9 @@ class Forwarder:
         for attempt in range(3):
             try:
                 if status is not None and 200 <= status < 300:
-                    async with connection(self._pool) as conn:
-                        await forward_queries.settle_delivered(
-                            conn, delivery, subscription, status, duration_ms
-                        )
+                    await self.delivered.settle(
+                        forward_queries.Delivered(delivery, subscription, status, duration_ms)
+                    )
                     log.info("forward.delivered", status=status, ms=duration_ms, **fields)
                     return
                 async with connection(self._pool) as conn, conn.transaction():
@@ -264,6 +267,65 @@ class Forwarder:
             if asked is not None:
                 delay = min(max(asked, 1.0), self._settings.forward_max_retry_after)
         return delay
+
+
+class _SettleTogether:
+    """Successful deliveries are recorded together: whichever finish while one statement runs
+    go in the next, so at 1,000 deliveries/s the database sees a few statements, not 1,000.
+
+    One writer task (run) takes everything queued, writes it, and answers each delivery's
+    caller; a failure goes to every delivery in that statement, whose caller retries (or
+    leaves it to the lease).
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._queued: list[tuple[forward_queries.Delivered, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        # Statements written, for tests that check deliveries are settled together.
+        self.statements = 0
+
+    async def settle(self, delivered: forward_queries.Delivered) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((delivered, done))
+        self._wake.set()
+        await done
+
+    async def run(self) -> None:
+        """Write until close(), and then what is still queued."""
+        while not self._closing or self._queued:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queued:
+                batch, self._queued = self._queued, []
+                await self._write(batch)
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+    async def _write(
+        self, batch: list[tuple[forward_queries.Delivered, asyncio.Future[None]]]
+    ) -> None:
+        try:
+            async with connection(self._pool) as conn:
+                await forward_queries.settle_delivered(conn, [d for d, _ in batch])
+            self.statements += 1
+        except BaseException as exc:
+            for _, done in batch:
+                if done.done():
+                    continue
+                if isinstance(exc, Exception):
+                    done.set_exception(exc)
+                else:
+                    done.cancel()
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
 
 def _describe(status: int, peek: bytes) -> str:

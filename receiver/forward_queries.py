@@ -1,6 +1,8 @@
 """The SQL of forwarding: subscriptions, the delivery outbox, claims and attempts."""
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -164,32 +166,40 @@ async def record_attempt(
     )
 
 
-async def settle_delivered(
-    conn: Conn,
-    delivery_id: uuid.UUID,
-    subscription_id: uuid.UUID,
-    status_code: int,
-    duration_ms: int,
-) -> None:
-    """Record the successful attempt, close the delivery, end the subscription's failing
-    streak: one statement, the common case of every delivery."""
+@dataclass(frozen=True)
+class Delivered:
+    """A delivery its subscriber accepted, waiting to be recorded."""
+
+    delivery_id: uuid.UUID
+    subscription_id: uuid.UUID
+    status_code: int
+    duration_ms: int
+
+
+async def settle_delivered(conn: Conn, settled: Sequence[Delivered]) -> None:
+    """Record the successful attempts, close the deliveries, end their subscriptions' failing
+    streaks: one statement for any number of deliveries, the common case of every one."""
     await conn.execute(
         """
-        with attempt as (
+        with done as (
+            select * from unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[])
+                 as d(id, subscription_id, status_code, duration_ms)
+        ), attempt as (
             insert into delivery_attempts (delivery_id, duration_ms, status_code)
-            values ($1, $4, $3)
+            select id, duration_ms, status_code from done
         ), delivery as (
-            update deliveries set state = 'delivered', delivered_at = now(), last_status = $3,
-                last_error = null
-            where id = $1
+            update deliveries set state = 'delivered', delivered_at = now(),
+                last_status = done.status_code, last_error = null
+            from done
+            where deliveries.id = done.id
         )
         update subscriptions set failing_since = null
-        where id = $2 and failing_since is not null
+        where id in (select subscription_id from done) and failing_since is not null
         """,
-        delivery_id,
-        subscription_id,
-        status_code,
-        duration_ms,
+        [d.delivery_id for d in settled],
+        [d.subscription_id for d in settled],
+        [d.status_code for d in settled],
+        [d.duration_ms for d in settled],
     )
 
 

@@ -1,9 +1,13 @@
 """structlog set up once: JSON lines on stdout, one summary line per request."""
 
+import asyncio
+import atexit
 import logging
 import sys
 import time
+from typing import Any, BinaryIO
 
+import pydantic_core
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -14,18 +18,97 @@ from receiver.reports import new_id
 log = structlog.get_logger()
 
 
+# How long an info line may wait in the buffer. A crash can lose this much of the access log,
+# never a report (those are in Postgres before they are acknowledged).
+FLUSH_AFTER = 0.1
+
+
+# Writes to a pipe up to this size are atomic: the workers of `serve` share one stdout, and a
+# line cut in two by another worker's write would be two broken lines.
+PIPE_BUF = 4096
+# Written out early past this much, so a burst cannot pile up in memory.
+MOST_BUFFERED = 64 * 1024
+
+
+class LineSink:
+    """Where rendered lines go. Warnings and errors are written at once; info and debug lines
+    are buffered and written together within FLUSH_AFTER seconds, so a busy server makes one
+    write(2) per few dozen requests rather than one per request. Each write holds whole
+    lines and at most PIPE_BUF bytes (a longer line goes alone)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._flush_pending = False
+        atexit.register(self.flush)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        chunk: list[bytes] = []
+        size = 0
+        for line in self._lines:
+            if chunk and size + len(line) > PIPE_BUF:
+                self._write(chunk)
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._write(chunk)
+        self._lines, self._size = [], 0
+
+    def _write(self, lines: list[bytes]) -> None:
+        self._stream.write(b"".join(lines))
+        self._stream.flush()
+
+    def _buffered(self, line: bytes) -> None:
+        self._lines.append(line + b"\n")
+        self._size += len(line) + 1
+        if self._size > MOST_BUFFERED:
+            self.flush()
+        if self._flush_pending or not self._lines:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (start-up, CLI commands): write now
+            self.flush()
+            return
+        self._flush_pending = True
+        loop.call_later(FLUSH_AFTER, self.flush)
+
+    def _at_once(self, line: bytes) -> None:
+        self._lines.append(line + b"\n")
+        self.flush()
+
+    debug = info = _buffered
+    warning = error = critical = exception = msg = _at_once
+
+
+def _to_json(event: Any, **_: Any) -> bytes:
+    # pydantic-core renders in one pass what json.dumps does in Python; anything it does not
+    # know (an exception object, say) is written as its str().
+    return pydantic_core.to_json(event, fallback=str)
+
+
+_sink: LineSink | None = None
+
+
 def configure(level: str = "info") -> None:
+    global _sink
     logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper())
+    if _sink is None:
+        _sink = LineSink(sys.stdout.buffer)
+    sink = _sink
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_to_json),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=lambda *_: sink,
         cache_logger_on_first_use=True,
     )
 

@@ -256,7 +256,13 @@ class Poller:
                             reports=len(parsed.updates),
                         )
             finally:
-                await lock_conn.execute("select pg_advisory_unlock($1)", lock_key)
+                try:
+                    await lock_conn.execute("select pg_advisory_unlock($1)", lock_key)
+                except BaseException:
+                    # The pool does not unlock on release: a connection that may still hold
+                    # the lock must not go back, or no drainer would get it again.
+                    lock_conn.terminate()
+                    raise
 
     async def _store_until_committed(self, receipt: Receipt, updates: list[StatusUpdate]) -> None:
         """These reports exist nowhere else now: keep trying until they are committed."""

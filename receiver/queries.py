@@ -33,32 +33,15 @@ def _receipt_columns(receipts: Sequence[Receipt]) -> list[list[Any]]:
     ]
 
 
-async def lock_messages(conn: Conn, keys: Sequence[tuple[str, str]]) -> None:
-    """Lock the stored messages among these keys until commit, in key order (no deadlocks).
-
-    Row locks, not advisory ones: they live in the rows, so a batch of thousands of messages
-    cannot exhaust Postgres's shared lock table. With them held, the next statement
-    (read_messages, a fresh snapshot) sees every event committed for these messages. Messages
-    not stored yet cannot be locked; write_batch inserts them only if still absent.
-    """
-    await conn.execute(
-        """
-        select 1 from messages m
-        join unnest($1::text[], $2::text[]) as k(provider, key)
-          on m.provider = k.provider and m.key = k.key
-        order by m.provider, m.key
-        for update of m
-        """,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-    )
-
-
 async def read_messages(conn: Conn, keys: Sequence[tuple[str, str]]) -> list[asyncpg.Record]:
-    """The stored messages among these keys, one row per event (event columns null if none)."""
+    """The stored messages among these keys, one row per event (event columns null if none).
+
+    One statement, so one snapshot: a message and its events agree. Nothing is locked; each
+    message's version lets write_batch find out whether it changed since.
+    """
     return await conn.fetch(
         """
-        select m.provider, m.key, m.status, m.status_at, m.channel, m.attempts, m.seq,
+        select m.provider, m.key, m.version, m.status, m.status_at, m.channel, m.attempts, m.seq,
                m.channel_order, m.recipient, m.reference, m.group_key,
                m.registered_at is not null as registered,
                e.id as event_id, e.dedup_key, e.status as event_status, e.occurred_at,
@@ -84,18 +67,20 @@ async def write_batch(
     unmapped: dict[tuple[str, str], int],
     deliveries: dict[str, list[Any]],
     first_poll_in: float,
-) -> int:
-    """Everything a batch changes, in one statement (one round trip). Returns how many of the
-    messages believed new were inserted: fewer means another transaction created one of them
-    meanwhile, and the caller must roll back and try again.
+) -> None:
+    """Everything a batch changes, in one statement: one round trip, and its own transaction,
+    committed when it returns. If a message changed or was created by another transaction
+    since read_messages, the statement fails with a serialization failure and changes
+    nothing; the caller reads again and retries.
 
-    Rules that live here: events are only ever inserted, and a dedup key already stored for a
-    message is skipped (rule 2); an alias already pointing at a message stays; each status
-    change queues one delivery per matching enabled subscription, and the NOTIFY that wakes the
-    forwarders is delivered only if this commits. Foreign keys are checked at the end of the
-    statement, so events may reference messages inserted by it.
+    Rules that live here: a stored message is updated only at the version it was read at, a
+    new one inserted only if still absent; events are only ever inserted, and a dedup key
+    already stored for a message is skipped (rule 2); an alias already pointing at a message
+    stays; each status change queues one delivery per matching enabled subscription, and the
+    NOTIFY that wakes the forwarders is delivered only if this commits. Foreign keys are
+    checked at the end of the statement, so events may reference messages inserted by it.
     """
-    row = await conn.fetchrow(
+    await conn.execute(
         """
         with receipts_in as (
             insert into receipts (id, provider, source, content_type, body, problem)
@@ -105,20 +90,23 @@ async def write_batch(
             select * from unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
                                  $12::text[], $13::bool[], $14::text[], $15::timestamptz[],
                                  $16::text[], $17::text[], $18::int[], $19::bool[],
-                                 $49::bool[])
+                                 $49::bool[], $50::bigint[])
                  as u(provider, key, recipient, group_key, reference, channel_order,
-                      registered, status, status_at, channel, attempts, seq, poll, existed)
+                      registered, status, status_at, channel, attempts, seq, poll, existed,
+                      version)
         ), messages_updated as (
-            -- Stored messages: locked by lock_messages, so these values, computed from all
-            -- of their events, are the truth.
+            -- Stored messages, only at the version the batch computed them from.
             update messages m set
                 recipient = u.recipient, group_key = u.group_key, reference = u.reference,
                 channel_order = string_to_array(u.channel_order, ','),
                 registered_at = coalesce(m.registered_at, case when u.registered then now() end),
                 status = u.status, status_at = u.status_at, channel = u.channel,
-                attempts = u.attempts::jsonb, seq = u.seq, updated_at = now()
+                attempts = u.attempts::jsonb, seq = u.seq, updated_at = now(),
+                version = m.version + 1
             from u
             where u.existed and m.provider = u.provider and m.key = u.key
+              and m.version = u.version
+            returning 1
         ), messages_inserted as (
             -- New messages: inserted only if nobody else has meanwhile (never overwritten).
             insert into messages (provider, key, recipient, group_key, reference,
@@ -174,7 +162,10 @@ async def write_batch(
             -- Wakes the forwarders, once, and only when this commits with something queued.
             select pg_notify($48, '') from (select 1 from deliveries_in limit 1) as queued
         )
-        select (select count(*) from messages_inserted) as inserted,
+        select ingest_check_written(
+                   cardinality($7::text[]),
+                   (select count(*) from messages_updated)
+                   + (select count(*) from messages_inserted)),
                (select count(*) from notified) as notified
         """,
         *_receipt_columns(receipts),
@@ -190,10 +181,8 @@ async def write_batch(
         *(deliveries[c] for c in DELIVERY_COLUMNS),
         NOTIFY_CHANNEL,
         messages["existed"],
+        messages["version"],
     )
-    assert row is not None
-    inserted: int = row["inserted"]
-    return inserted
 
 
 # The column order of write_batch's arrays.
@@ -212,6 +201,7 @@ MESSAGE_COLUMNS = (
     "seq",
     "poll",
 )
+# The first twelve are StatusUpdate attributes of the same name.
 EVENT_COLUMNS = (
     "provider",
     "message_key",

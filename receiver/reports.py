@@ -1,8 +1,8 @@
 """What every source hands to ingest: raw receipts and the status updates parsed from them."""
 
+import json
 import random
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -37,13 +37,19 @@ class StatusUpdate:
     # The provider said something we cannot map: stored as `unknown` and counted.
     unmapped: bool = False
     aliases: tuple[str, ...] = ()
-    details: Mapping[str, Any] = field(default_factory=dict)
+    # What the provider said, as jsonb text (receiver/jsonio.py), stored with the event.
+    details_json: str = "{}"
     # Facts about the message rather than the event, known from a send registration or a report.
     recipient: str | None = None
     group_key: str | None = None
     reference: str | None = None
     channel_order: tuple[str, ...] | None = None
     registered: bool = False
+
+    @property
+    def details(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.details_json)
+        return parsed
 
 
 def new_id() -> uuid.UUID:

@@ -110,7 +110,8 @@ def compose(observations: Iterable[Observation], channel_order: Sequence[str] = 
         return (1, 0, first, channel)
 
     attempts = []
-    for channel in sorted(by_channel, key=position):
+    # Most messages have one channel: nothing to order then.
+    for channel in sorted(by_channel, key=position) if len(by_channel) > 1 else by_channel:
         best = current(by_channel[channel])
         assert best is not None  # every channel in by_channel has at least one event
         attempts.append(Attempt(channel, best.status, best.occurred_at))

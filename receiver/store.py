@@ -1,19 +1,19 @@
-"""One batch's transaction: lock the messages it touches, read them with their events, apply
-the status rules, and write receipts, messages, aliases, events and deliveries in one go."""
+"""One batch's work: read the messages it touches with their events, apply the status rules,
+and write receipts, messages, aliases, events and deliveries in one statement."""
 
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import asyncpg
-import pydantic_core
 
 from receiver import queries
 from receiver.db import Conn
-from receiver.providers.base import clean_json
+from receiver.jsonio import jsonb_text
 from receiver.reports import Receipt, StatusUpdate
 from receiver.status import Observation, Outcome, Status, compose
 
@@ -43,12 +43,14 @@ async def store(
     polled_providers: Sequence[str] = (),
     first_poll_in: float = 30.0,
 ) -> list[int]:
-    """One transaction's work, in three statements: lock the messages the batch touches, read
-    them with their events, write receipts, messages, aliases, events and deliveries at once.
+    """One batch in two statements: read the messages it touches with their events, then
+    write receipts, messages, aliases, events and deliveries at once (its own transaction).
 
-    Between the read and the write the status rules run here, in Python (receiver/status.py),
-    on everything the message has: stored events and this batch's new ones. Returns, per
-    receipt, how many of its updates were new events (the rest were duplicates).
+    Between the two the status rules run here, in Python (receiver/status.py), on everything
+    the message has: stored events and this batch's new ones. Nothing is locked meanwhile: if
+    another transaction changes one of these messages first, the write fails with a
+    serialization failure and the caller runs the batch again. Returns, per receipt, how many
+    of its updates were new events (the rest were duplicates).
     """
     new_counts = [0] * len(batch)
     pairs = [
@@ -59,7 +61,6 @@ async def store(
     keys = sorted({(u.provider, u.message_key) for _, _, u in pairs})
     states: dict[tuple[str, str], _State] = {key: _State() for key in keys}
     if keys:
-        await queries.lock_messages(conn, keys)
         for stored in await queries.read_messages(conn, keys):
             states[(stored["provider"], stored["key"])].load(stored)
 
@@ -71,6 +72,7 @@ async def store(
         if update.dedup_key in state.dedup_keys:
             continue  # rule 2: seen before (retry, or pushed and polled), or twice in this batch
         state.dedup_keys.add(update.dedup_key)
+        state.has_new_events = True
         state.events.append(_Event.new(update, receipt.source, len(new_events)))
         new_events.append((receipt, update))
         new_counts[index] += 1
@@ -86,26 +88,17 @@ async def store(
         if change is not None:
             changes.append(change)
 
-    inserted = await queries.write_batch(
+    await queries.write_batch(
         conn,
         receipts=[receipt for receipt, _ in batch],
-        messages=_columns(message_rows, (*queries.MESSAGE_COLUMNS, "existed")),
+        messages=_columns(message_rows, (*queries.MESSAGE_COLUMNS, "existed", "version")),
         aliases=sorted({(u.provider, a, u.message_key) for _, _, u in pairs for a in u.aliases}),
-        events=_columns([_event_row(r, u) for r, u in new_events], queries.EVENT_COLUMNS),
+        events=_event_columns(new_events),
         unmapped=dict(unmapped),
         deliveries=_columns([_delivery_row(c) for c in changes], queries.DELIVERY_COLUMNS),
         first_poll_in=first_poll_in,
     )
-    expected = sum(1 for row in message_rows if not row["existed"])
-    if inserted != expected:
-        # A concurrent transaction created one of "our" new messages after we looked: what we
-        # computed for it misses that transaction's events. Roll back and go again.
-        raise Raced(f"{expected - inserted} new messages were created concurrently")
     return new_counts
-
-
-class Raced(Exception):  # noqa: N818 - a condition to retry, not an error
-    """Another transaction created a message this batch believed new; retry the batch."""
 
 
 @dataclass
@@ -141,6 +134,15 @@ class _Event:
         )
 
 
+_NO_INFO: dict[str, Any] = {
+    "recipient": None,
+    "group_key": None,
+    "reference": None,
+    "channel_order": None,
+    "registered": False,
+}
+
+
 @dataclass
 class _State:
     """One message while its batch is processed: what is stored, and what the batch adds."""
@@ -148,13 +150,11 @@ class _State:
     old: dict[str, Any] | None = None
     events: list[_Event] = field(default_factory=list)
     dedup_keys: set[str] = field(default_factory=set)
-    info: dict[str, Any] = field(
-        default_factory=lambda: (
-            dict.fromkeys(("recipient", "group_key", "reference", "channel_order"), None)
-            | {"registered": False}
-        )
-    )
+    info: dict[str, Any] = field(default_factory=lambda: _NO_INFO.copy())
     registered_reference: str | None = None
+    # A message with new events is written even when its row comes out the same: the write
+    # bumps its version, which is how a concurrent batch that missed those events finds out.
+    has_new_events: bool = False
 
     def load(self, row: asyncpg.Record) -> None:
         if self.old is None:
@@ -227,13 +227,15 @@ class _State:
             "status": outcome.status.value,
             "status_at": outcome.occurred_at,
             "channel": outcome.channel,
-            "attempts": _json_text(attempts),
+            "attempts": jsonb_text(attempts),
             "seq": seq,
             "poll": polled and old is None,
             "existed": old is not None,
+            "version": old["version"] if old else 0,
         }
         unchanged = (
             old is not None
+            and not self.has_new_events
             and not moved
             and (
                 old["attempts"] == attempts
@@ -258,37 +260,19 @@ class _State:
         return (None if unchanged else row), change
 
 
-def _json_text(value: Any) -> str:
-    """JSON for a jsonb column. Postgres refuses the NUL character, which providers' text may
-    carry; it is rare, so it is looked for in the encoded bytes before any cleaning is done."""
-    data = pydantic_core.to_json(value)
-    if b"\\u0000" in data:
-        data = pydantic_core.to_json(clean_json(value))
-    return data.decode()
-
-
 def _columns(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
     return {name: [row[name] for row in rows] for name in names}
 
 
-def _event_row(receipt: Receipt, u: StatusUpdate) -> dict[str, Any]:
-    return {
-        "provider": u.provider,
-        "message_key": u.message_key,
-        "dedup_key": u.dedup_key,
-        "status": u.status.value,
-        "provider_status": u.provider_status,
-        "provider_code": u.provider_code,
-        "error_code": u.error_code,
-        "error_text": u.error_text,
-        "permanent": u.permanent,
-        "channel": u.channel,
-        "attempt_id": u.attempt_id,
-        "occurred_at": u.occurred_at,
-        "source": receipt.source,
-        "receipt_id": receipt.id,
-        "details": _json_text(u.details),
-    }
+# An update's own event columns, in queries.EVENT_COLUMNS order (its receipt adds the rest).
+_EVENT_FIELDS = attrgetter(*queries.EVENT_COLUMNS[:12])
+
+
+def _event_columns(new_events: Sequence[tuple[Receipt, StatusUpdate]]) -> dict[str, list[Any]]:
+    """The events as one list per column, transposed in C: this runs for every report."""
+    rows = [(*_EVENT_FIELDS(u), r.source, r.id, u.details_json) for r, u in new_events]
+    columns = [list(column) for column in zip(*rows, strict=True)] if rows else None
+    return {name: columns[i] if columns else [] for i, name in enumerate(queries.EVENT_COLUMNS)}
 
 
 def _delivery_row(change: StatusChange) -> dict[str, Any]:
@@ -299,7 +283,7 @@ def _delivery_row(change: StatusChange) -> dict[str, Any]:
         "seq": change.seq,
         "status": change.status.value,
         "event_id": change.event_id,
-        "payload": _json_text(envelope),
+        "payload": jsonb_text(envelope),
     }
 
 

@@ -113,17 +113,6 @@ def clean(value: str | None, limit: int = 2000) -> str | None:
     return value.replace("\x00", "")[:limit]
 
 
-def clean_json(value: Any) -> Any:
-    """A JSON value with NUL characters removed, which jsonb refuses."""
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, list):
-        return [clean_json(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k).replace("\x00", ""): clean_json(v) for k, v in value.items()}
-    return value
-
-
 def verify_hex_hmac(
     secret: SecretStr | None,
     headers: Mapping[str, str],

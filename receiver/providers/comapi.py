@@ -11,6 +11,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from receiver.jsonio import jsonb_text, model_jsonb_text
 from receiver.providers.base import (
     Fetched,
     PollTarget,
@@ -150,7 +151,7 @@ def envelope_updates(envelope: _Envelope) -> list[StatusUpdate]:
             channel=channel,
             occurred_at=as_utc(occurred) if occurred else None,
             error_text=clean(str(reason)) if reason and status is Status.FAILED else None,
-            details=envelope.model_dump(mode="json", exclude_none=True),
+            details_json=model_jsonb_text(envelope),
         )
     ]
     # Branch failover: channelStatus holds every channel tried so far. The current channel is the
@@ -177,7 +178,7 @@ def _channel_updates(
                 channel=name,
                 occurred_at=at,
                 unmapped=mapped is None,
-                details=state.model_dump(mode="json", exclude_none=True),
+                details_json=model_jsonb_text(state),
             )
         )
     return updates
@@ -246,7 +247,7 @@ def _single(registration: Registration) -> StatusUpdate:
         channel=str(channel) if channel else None,
         occurred_at=as_utc(at),
         unmapped=raw_status not in STATUSES,
-        details=response.model_dump(mode="json", exclude_none=True),
+        details_json=model_jsonb_text(response),
         recipient=_recipient(to),
         reference=clean(registration.reference, 500),
         channel_order=tuple(rules) if rules else None,
@@ -271,7 +272,7 @@ def _batch(registration: Registration) -> list[StatusUpdate]:
                 status=Status.ACCEPTED,
                 dedup_key="send|accepted",
                 occurred_at=registration.received_at,
-                details={"index": item.index},
+                details_json=jsonb_text({"index": item.index}),
                 recipient=_recipient(request.to if request else None),
                 reference=clean(registration.reference, 500),
                 channel_order=tuple(request.rules) if request and request.rules else None,
@@ -342,7 +343,7 @@ async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollT
                 dedup_key=f"status|{raw}",
                 provider_status=clean(raw, 100),
                 unmapped=raw not in STATUSES,
-                details={"status": raw},
+                details_json=jsonb_text({"status": raw}),
             )
         )
     if updates and message.rules:

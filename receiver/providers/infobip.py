@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from receiver.jsonio import model_jsonb_text
 from receiver.providers import xmlbody
 from receiver.providers.base import (
     Provider,
@@ -214,7 +215,7 @@ def _update(
         error_text=clean(error.description or error.name) if has_error and error else None,
         permanent=error.permanent if has_error and error else None,
         unmapped=unmapped,
-        details=report.model_dump(mode="json", exclude_none=True),
+        details_json=model_jsonb_text(report),
         recipient=clean(_recipient(report.to) or report.destination, 200),
         group_key=report.bulkId,
         reference=clean(report.callbackData, 4000),
@@ -267,7 +268,7 @@ def parse_registration(registration: Registration) -> list[StatusUpdate]:
                 provider_code=(f"{sent.status.groupId}.{sent.status.id}" if sent.status else None),
                 occurred_at=registration.received_at,
                 unmapped=unmapped,
-                details=sent.model_dump(mode="json", exclude_none=True),
+                details_json=model_jsonb_text(sent),
                 recipient=clean(_recipient(sent.to), 200),
                 group_key=response.bulkId,
                 reference=clean(registration.reference, 500),

@@ -7,6 +7,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from receiver.jsonio import jsonb_text, model_jsonb_text
 from receiver.providers.base import (
     Fetched,
     PollTarget,
@@ -124,7 +125,7 @@ def parse_registration(registration: Registration) -> list[StatusUpdate]:
                 occurred_at=registration.received_at,
                 error_text="invalid recipient" if refused else None,
                 permanent=True if refused else None,
-                details=details,
+                details_json=jsonb_text(details),
                 recipient=clean(recipient.mobilePhone or recipient.email, 200),
                 group_key=str(response.dispatch),
                 reference=clean(registration.reference, 500),
@@ -200,7 +201,7 @@ async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollT
             occurred_at=as_utc(at) if at else None,
             error_text=clean(found.errorMessage) if status is Status.FAILED else None,
             unmapped=found.sendStatusId not in SEND_STATUSES,
-            details=found.model_dump(mode="json", exclude_none=True),
+            details_json=model_jsonb_text(found),
             group_key=dispatch,
         )
         for key in target.members

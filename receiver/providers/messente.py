@@ -9,6 +9,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from receiver.jsonio import model_jsonb_text
 from receiver.providers.base import (
     Fetched,
     PollTarget,
@@ -115,7 +116,7 @@ def report_to_update(report: _DeliveryResult) -> StatusUpdate:
         permanent=None if report.err in (None, 0, 10) else report.err != 999,
         unmapped=unmapped,
         aliases=(report.message_id,) if report.message_id else (),
-        details=report.model_dump(mode="json", exclude_none=True),
+        details_json=model_jsonb_text(report),
         recipient=clean(report.to, 100),
         # The omnimessage is the group of its channel messages.
         group_key=report.omnimessage_id,
@@ -169,7 +170,7 @@ def parse_registration(registration: Registration) -> list[StatusUpdate]:
             attempt_id=sent.message_id,
             occurred_at=registration.received_at,
             aliases=(sent.message_id,),
-            details=sent.model_dump(mode="json", exclude_none=True),
+            details_json=model_jsonb_text(sent),
             recipient=clean(recipient, 100),
             group_key=response.omnimessage_id,
             reference=clean(registration.reference, 500),

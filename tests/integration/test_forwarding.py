@@ -361,6 +361,51 @@ async def test_two_forwarders_on_one_database_deliver_each_event_once(
     assert set(ok.values()) == {1}
 
 
+async def test_deliveries_that_finish_together_are_settled_together(
+    database_url: str, aiohttp_client: AiohttpClient, db: asyncpg.Connection
+) -> None:
+    # A subscriber that answers nobody until 10 requests are waiting (fewer than the 16 a
+    # subscription may have in flight), then everyone at once: deliveries that finish in the
+    # same moment should not cost a statement each.
+    arrived: list[str] = []
+    release = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        arrived.append(request.headers["webhook-id"])
+        if len(arrived) >= 10:
+            release.set()
+        await release.wait()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    server = TestServer(app)
+    await server.start_server()
+    settings = forwarding_settings(database_url, forward_enabled=False)
+    client = await aiohttp_client(create_app(settings))
+    try:
+        await subscribe(client, str(server.make_url("/hook")))
+        for i in range(20):
+            await report(client, f"omni-together-{i}", "DELIVRD")
+        async with open_pool(database_url, 4) as pool, http_client(settings) as session:
+            fwd = Forwarder(pool, session, settings)
+            task = asyncio.create_task(fwd.run())
+
+            async def settled() -> bool:
+                done: int = await db.fetchval(
+                    "select count(*) from deliveries where state = 'delivered'"
+                )
+                return done == 20
+
+            await eventually(settled, within=20)
+            fwd.stop()
+            await task
+    finally:
+        await server.close()
+    assert await db.fetchval("select count(*) from delivery_attempts") == 20
+    assert fwd.delivered.statements < 20
+
+
 async def test_a_forwarder_killed_mid_delivery_loses_nothing(
     database_url: str, aiohttp_client: AiohttpClient, subscriber: Subscriber, db: asyncpg.Connection
 ) -> None:

@@ -1,0 +1,60 @@
+"""The log sink: warnings reach stdout at once, info lines within FLUSH_AFTER, in order, and
+never a line cut across two writes."""
+
+import asyncio
+import io
+from typing import Any
+
+from receiver import logs
+
+
+class Writes(io.BytesIO):
+    """Under the sink's buffer, in place of the file: remembers each write(2) it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[bytes] = []
+
+    def write(self, data: Any, /) -> int:
+        self.calls.append(bytes(data))
+        return super().write(data)
+
+
+def sink() -> tuple[logs.LineSink, Writes]:
+    raw = Writes()
+    return logs.LineSink(io.BufferedWriter(raw, buffer_size=1 << 16)), raw
+
+
+async def test_info_lines_wait_for_the_timer_and_warnings_do_not() -> None:
+    s, raw = sink()
+    s.info(b'{"event":"one"}')
+    s.info(b'{"event":"two"}')
+    assert raw.calls == []
+    await asyncio.sleep(logs.FLUSH_AFTER * 2)
+    assert raw.calls == [b'{"event":"one"}\n{"event":"two"}\n']
+
+    s.info(b'{"event":"three"}')
+    s.warning(b'{"event":"four"}')
+    # The warning takes the waiting line out with it, in order.
+    assert raw.calls[1:] == [b'{"event":"three"}\n{"event":"four"}\n']
+
+
+async def test_each_write_holds_whole_lines_and_fits_an_atomic_pipe_write() -> None:
+    s, raw = sink()
+    lines = [
+        b'{"event":"http.request","n":%d,"pad":"%s"}' % (i, b"x" * (i % 300)) for i in range(200)
+    ]
+    for line in lines:
+        s.info(line)
+    s.info(b'{"event":"long","pad":"' + b"y" * 5000 + b'"}')
+    s.flush()
+    assert all(call.endswith(b"\n") for call in raw.calls)
+    assert all(len(call) <= logs.PIPE_BUF for call in raw.calls[:-1])
+    assert len(raw.calls[-1]) > logs.PIPE_BUF  # a line longer than that goes alone
+    assert b"".join(raw.calls).splitlines()[:-1] == lines
+
+
+def test_without_an_event_loop_every_line_is_written_at_once() -> None:
+    s, raw = sink()
+    s.info(b'{"event":"migrate.done"}')
+    assert raw.calls == [b'{"event":"migrate.done"}\n']

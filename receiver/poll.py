@@ -70,6 +70,7 @@ class Poller:
         self._session = session
         self._settings = settings
         self._stopping = asyncio.Event()
+        # Keyed by provider name, and by path for Infobip's queues.
         self._paused_until: dict[str, float] = {}
         self._failures: dict[str, int] = defaultdict(int)
         self._slots = {name: asyncio.Semaphore(settings.poll_concurrency) for name in PROVIDERS}
@@ -192,16 +193,18 @@ class Poller:
             async with connection(self._pool) as conn:
                 await poll_queries.stop_polling(conn, provider.name, keys)
 
-    def _pause_after(self, name: str, exc: PollError) -> float:
-        """How long to leave a provider alone after it failed us."""
+    def _pause_after(self, name: str, exc: PollError, what: str | None = None) -> float:
+        """How long to leave a provider (or `what` of it: an Infobip queue) alone after it
+        failed us."""
         self._metrics.inc("dlr_poll_requests_total", provider=name, result="failed")
+        what = what or name
         if exc.status == 429:
             pause = min(max(exc.retry_after or _DEFAULT_PAUSE, 1.0), _MAX_PAUSE)
         else:
-            # 5xx, timeouts: back off this provider a little more each time in a row.
-            self._failures[name] += 1
-            pause = self._backoff(name)
-        log.warning("poll.provider_failed", provider=name, error=str(exc), pause=pause)
+            # 5xx, timeouts: back off a little more each time in a row.
+            self._failures[what] += 1
+            pause = self._backoff(what)
+        log.warning("poll.provider_failed", provider=name, what=what, error=str(exc), pause=pause)
         return pause
 
     async def _provider_failed(self, name: str, exc: PollError, keys: list[str]) -> None:
@@ -218,8 +221,8 @@ class Poller:
             pause = self._settings.infobip_poll_interval
             try:
                 await self._drain(lock_key)
-                self._failures[infobip.NAME] = 0
             except PollError as exc:
+                # A 429 is the account's rate limit: every queue waits out its Retry-After.
                 pause = self._pause_after(infobip.NAME, exc)
             except Exception as exc:
                 log_loop_failure("poll", exc)
@@ -235,26 +238,18 @@ class Poller:
                 return
             try:
                 for path in infobip.REPORT_PATHS:
-                    while not self._stopping.is_set():
-                        body = await infobip.fetch_reports(self._session, self._settings, path)
-                        self._metrics.inc(
-                            "dlr_poll_requests_total", provider=infobip.NAME, result="ok"
-                        )
-                        try:
-                            parsed = infobip.parse_webhook(body, "application/json", _now())
-                        except InvalidReport as exc:
-                            parsed = Parsed([], [str(exc)])
-                        problem = "; ".join(parsed.problems) or None
-                        receipt = Receipt(infobip.NAME, "poll", body, "application/json", problem)
-                        await self._store_until_committed(receipt, parsed.updates)
-                        if not parsed.updates:
-                            break  # drained (or unreadable: kept raw, try again next round)
-                        log.info(
-                            "poll.drained",
-                            provider=infobip.NAME,
-                            path=path,
-                            reports=len(parsed.updates),
-                        )
+                    if self._paused_until.get(path, 0.0) > asyncio.get_running_loop().time():
+                        continue
+                    try:
+                        await self._drain_queue(path)
+                        self._failures[path] = 0
+                    except PollError as exc:
+                        if exc.status == 429:
+                            raise
+                        # One queue failing (an API the account does not have, an outage of
+                        # one of them) backs off alone and does not hold up the others.
+                        pause = self._pause_after(infobip.NAME, exc, path)
+                        self._paused_until[path] = asyncio.get_running_loop().time() + pause
             finally:
                 try:
                     await lock_conn.execute("select pg_advisory_unlock($1)", lock_key)
@@ -263,6 +258,22 @@ class Poller:
                     # the lock must not go back, or no drainer would get it again.
                     lock_conn.terminate()
                     raise
+
+    async def _drain_queue(self, path: str) -> None:
+        """Fetch one once-only queue until it is empty, committing each batch before the next."""
+        while not self._stopping.is_set():
+            body = await infobip.fetch_reports(self._session, self._settings, path)
+            self._metrics.inc("dlr_poll_requests_total", provider=infobip.NAME, result="ok")
+            try:
+                parsed = infobip.parse_webhook(body, "application/json", _now())
+            except InvalidReport as exc:
+                parsed = Parsed([], [str(exc)])
+            problem = "; ".join(parsed.problems) or None
+            receipt = Receipt(infobip.NAME, "poll", body, "application/json", problem)
+            await self._store_until_committed(receipt, parsed.updates)
+            if not parsed.updates:
+                return  # drained (or unreadable: kept raw, try again next round)
+            log.info("poll.drained", provider=infobip.NAME, path=path, reports=len(parsed.updates))
 
     async def _store_until_committed(self, receipt: Receipt, updates: list[StatusUpdate]) -> None:
         """These reports exist nowhere else now: keep trying until they are committed."""

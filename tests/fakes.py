@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from receiver.providers import infobip
 from tests.conftest import MESSENTE_PASSWORD
 
 # Messente signs reports with the API password, so the fake API takes the same one.
@@ -37,13 +38,14 @@ class FakeProviders:
     calls: list[tuple[str, str, float]] = field(default_factory=list)
     failed: list[tuple[str, int, float]] = field(default_factory=list)  # (provider, status, time)
     served: list[str] = field(default_factory=list)  # Infobip messageIds handed out
+    refused: set[str] = field(default_factory=set)  # Infobip queues the account may not read
     in_flight: int = 0
     max_in_flight: int = 0
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v1/omnimessage/{id}/status", self._messente)
-        for path in ("/sms/1/reports", "/sms/3/reports", "/omni/1/reports"):
+        for path in infobip.REPORT_PATHS:
             app.router.add_get(path, self._infobip)
         app.router.add_get("/cpaas/messages/{id}", self._comapi)
         app.router.add_get("/api/Dispatches/{id}", self._mercury)
@@ -92,6 +94,9 @@ class FakeProviders:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if request.path in self.refused:
+                self.calls.append(("infobip", request.path, asyncio.get_running_loop().time()))
+                return web.json_response({"requestError": {}}, status=403)
             failed = await self._enter("infobip", request.path)
             if failed is not None:
                 return failed
@@ -137,4 +142,21 @@ def infobip_report(message_id: str, group: int = 3, status_id: int = 5) -> dict[
         "smsCount": 1,
         "status": {"groupId": group, "id": status_id, "name": "DELIVERED_TO_HANDSET"},
         "error": {"groupId": 0, "id": 0, "name": "NO_ERROR", "permanent": False},
+    }
+
+
+def infobip_messages_api_report(message_id: str, channel: str = "WHATSAPP") -> dict[str, Any]:
+    """A delivery report as the Messages API queue gives it: destination, not to."""
+    return {
+        "event": "DELIVERY",
+        "channel": channel,
+        "sender": "447860099299",
+        "destination": "385981178000",
+        "sentAt": "2024-03-01T09:00:01.104+0000",
+        "doneAt": "2024-03-01T09:00:07.880+0000",
+        "bulkId": "poll-bulk",
+        "messageId": message_id,
+        "messageCount": 1,
+        "status": {"groupId": 3, "groupName": "DELIVERED", "id": 5, "name": "DELIVERED_TO_HANDSET"},
+        "error": {"groupId": 0, "groupName": "OK", "id": 0, "name": "NO_ERROR", "permanent": False},
     }

@@ -280,7 +280,9 @@ def parse_registration(registration: Registration) -> list[StatusUpdate]:
 
 # Report queues drained by the poller. Each report comes out of them once (within 48 h), so
 # every batch is committed before the next call, and one poller per account runs at a time.
-REPORT_PATHS = ("/sms/1/reports", "/sms/3/reports", "/omni/1/reports")
+# The once-only report queues: SMS v1/v2, SMS v3, OMNI, and the Messages API's (which Infobip
+# says also carries reports of messages sent through the channels' own APIs).
+REPORT_PATHS = ("/sms/1/reports", "/sms/3/reports", "/omni/1/reports", "/messages-api/1/reports")
 REPORT_LIMIT = 1000  # the documented maximum per call
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from itertools import pairwise
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,7 @@ from tests.fakes import (
     MESSENTE_AUTH,
     Failure,
     FakeProviders,
+    infobip_messages_api_report,
     infobip_report,
 )
 from tests.payloads import load
@@ -161,15 +163,20 @@ async def test_infobip_reports_are_fetched_once_and_every_one_stored(
         fake.infobip["/sms/3/reports"].append(infobip_report(f"sms3-{i}", 2, 9))
     for i in range(10):
         fake.infobip["/omni/1/reports"].append({**infobip_report(f"omni-{i}"), "channel": "VIBER"})
+    for i in range(20):
+        fake.infobip["/messages-api/1/reports"].append(infobip_messages_api_report(f"ma-{i}"))
 
     async def all_stored() -> bool:
-        return bool(await db.fetchval("select count(*) from events") == 2810)
+        return bool(await db.fetchval("select count(*) from events") == 2830)
 
     await eventually(all_stored, within=30)
-    assert len(fake.served) == 2810
+    assert len(fake.served) == 2830
     assert set(Counter(fake.served).values()) == {1}
     assert all(not q for q in fake.infobip.values())
     assert await db.fetchval("select count(*) from messages where status = 'failed'") == 300
+    whatsapp = await db.fetch("select recipient, status from messages where channel = 'whatsapp'")
+    assert len(whatsapp) == 20
+    assert {(r["recipient"], r["status"]) for r in whatsapp} == {("385981178000", "delivered")}
     # Each call's batch is kept raw: at most 1000 reports a call.
     sizes = await db.fetch(
         "select jsonb_array_length((convert_from(body, 'utf8')::jsonb)->'results') as n "
@@ -233,6 +240,30 @@ async def test_infobip_outage_and_429_back_off_and_lose_nothing(
     # The call after the 429 waited for its Retry-After.
     assert next_call - limited_at >= 0.9
     assert set(Counter(fake.served).values()) == {1}
+
+
+async def test_an_infobip_queue_the_account_cannot_read_does_not_hold_up_the_others(
+    pclient: Client, fake: FakeProviders, db: asyncpg.Connection
+) -> None:
+    # An account without the Messages API: its queue answers 403 on every call. That queue
+    # backs off on its own, doubling; the SMS queue keeps being drained every round.
+    refused = "/messages-api/1/reports"
+    fake.refused.add(refused)
+
+    async def refused_five_times() -> bool:
+        return fake.count("infobip", refused) >= 5
+
+    await eventually(refused_five_times)
+    # A pause shared by every queue would now be 3 s or more.
+    fake.infobip["/sms/1/reports"].append(infobip_report("after"))
+
+    async def stored() -> bool:
+        return bool(await db.fetchval("select count(*) from events") == 1)
+
+    await eventually(stored, within=1.5)
+    times = [t for p, path, t in fake.calls if p == "infobip" and path == refused]
+    gaps = [later - earlier for earlier, later in pairwise(times)]
+    assert gaps[3] > 2 * gaps[0]
 
 
 async def test_messente_429_and_slow_answers_back_off(

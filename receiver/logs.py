@@ -40,11 +40,12 @@ class LineSink:
         self._stream = stream
         self._lines: list[bytes] = []
         self._size = 0
-        self._flush_pending = False
+        # The loop a flush is scheduled on, if any.
+        self._flush_pending: asyncio.AbstractEventLoop | None = None
         atexit.register(self.flush)
 
     def flush(self) -> None:
-        self._flush_pending = False
+        self._flush_pending = None
         chunk: list[bytes] = []
         size = 0
         for line in self._lines:
@@ -66,14 +67,18 @@ class LineSink:
         self._size += len(line) + 1
         if self._size > MOST_BUFFERED:
             self.flush()
-        if self._flush_pending or not self._lines:
+        if not self._lines:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (start-up, CLI commands): write now
             self.flush()
             return
-        self._flush_pending = True
+        # A flush scheduled on a loop that has since closed (tests run one per test) never
+        # runs: schedule again on this one.
+        if self._flush_pending is loop:
+            return
+        self._flush_pending = loop
         loop.call_later(FLUSH_AFTER, self.flush)
 
     def _at_once(self, line: bytes) -> None:

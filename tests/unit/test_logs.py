@@ -58,3 +58,18 @@ def test_without_an_event_loop_every_line_is_written_at_once() -> None:
     s, raw = sink()
     s.info(b'{"event":"migrate.done"}')
     assert raw.calls == [b'{"event":"migrate.done"}\n']
+
+
+def test_a_flush_left_on_a_closed_loop_does_not_hold_up_the_next_loops_lines() -> None:
+    s, raw = sink()
+
+    async def log_and_leave() -> None:
+        s.info(b'{"event":"one"}')
+
+    async def log_and_wait() -> None:
+        s.info(b'{"event":"two"}')
+        await asyncio.sleep(logs.FLUSH_AFTER * 2)
+
+    asyncio.run(log_and_leave())  # its loop closes before the flush was due
+    asyncio.run(log_and_wait())
+    assert b"".join(raw.calls) == b'{"event":"one"}\n{"event":"two"}\n'

@@ -36,6 +36,12 @@ async def ingestor(database_url: str) -> AsyncIterator[Ingestor]:
         await ing.close()
 
 
+async def someone_waits_on(db: asyncpg.Connection, holder: asyncpg.Connection) -> bool:
+    """Whether a session is waiting for a lock that `holder` has."""
+    waiting = "select count(*) > 0 from pg_stat_activity where $1 = any(pg_blocking_pids(pid))"
+    return bool(await db.fetchval(waiting, holder.get_server_pid()))
+
+
 async def meanwhile_another_writer(
     database_url: str,
     db: asyncpg.Connection,
@@ -52,8 +58,7 @@ async def meanwhile_another_writer(
         await writing.start()
         await store(conn, other)
         ours = asyncio.gather(*(ingestor.submit(receipt, updates) for receipt, updates in own))
-        blocked = "select count(*) > 0 from pg_stat_activity where $1 = any(pg_blocking_pids(pid))"
-        await eventually(lambda: db.fetchval(blocked, conn.get_server_pid()))
+        await eventually(lambda: someone_waits_on(db, conn))
         await writing.commit()
         return await ours
     finally:
@@ -178,18 +183,24 @@ async def test_a_few_reports_arriving_during_a_write_wait_and_go_together(
         ingestor = Ingestor(pool, max_inflight=2)
         ingestor.start()
         try:
-            first = asyncio.create_task(
-                ingestor.submit(Receipt("messente", "webhook", b"0"), [update("first")])
-            )
-            while ingestor.inflight == 0:  # noqa: ASYNC110 - a counter, not an event
-                await asyncio.sleep(0)
-            rest = []
-            for i in range(20):
-                receipt = Receipt("messente", "webhook", f"{i}".encode())
-                rest.append(asyncio.create_task(ingestor.submit(receipt, [update(f"m{i}")])))
-                await asyncio.sleep(0)  # each arrives on its own, as requests do
+            await ingestor.submit(Receipt("messente", "webhook", b"seed"), [update("first", "s")])
+            # The next write to "first" waits on this row lock for as long as the test wants.
+            async with db.transaction():
+                await db.execute("select 1 from messages where key = 'first' for update")
+                first = asyncio.create_task(
+                    ingestor.submit(Receipt("messente", "webhook", b"0"), [update("first")])
+                )
+                await eventually(lambda: someone_waits_on(db, db))
+                rest = []
+                for i in range(20):
+                    receipt = Receipt("messente", "webhook", f"{i}".encode())
+                    rest.append(asyncio.create_task(ingestor.submit(receipt, [update(f"m{i}")])))
+                    await asyncio.sleep(0)  # each arrives on its own, as requests do
+                await asyncio.sleep(0.1)  # and nothing starts beside the blocked write
+                assert ingestor.inflight == 1
             await asyncio.gather(first, *rest)
         finally:
             await ingestor.close()
-    assert ingestor.transactions == 2
-    assert await db.fetchval("select count(*) from events") == 21
+    # The seed, the blocked write, and the twenty together.
+    assert ingestor.transactions == 3
+    assert await db.fetchval("select count(*) from events") == 22

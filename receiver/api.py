@@ -2,7 +2,6 @@
 
 import base64
 import binascii
-import json
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -14,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from receiver import queries
 from receiver.db import connection, is_transient
 from receiver.errors import ApiError
-from receiver.jsonio import dumps, json_response
+from receiver.jsonio import dumps, json_response, loads
 from receiver.keys import INGESTOR, METRICS, POOL
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Provider, Registration, describe
@@ -164,7 +163,7 @@ def _encode_cursor(value: list[Any]) -> str:
 
 def _decode_cursor(cursor: str) -> Any:
     try:
-        return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, binascii.Error) as exc:
         raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
 

@@ -1,6 +1,8 @@
-"""JSON out: handler responses (datetimes as ISO-8601, UUIDs as strings) and jsonb column text."""
+"""JSON in (provider bodies read with the standard library), and out: handler responses
+(datetimes as ISO-8601, UUIDs as strings) and jsonb column text."""
 
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -8,6 +10,22 @@ from typing import Any
 import pydantic_core
 from aiohttp import web
 from pydantic import BaseModel
+
+# JSON may escape half of a UTF-16 surrogate pair on its own ("\ud800"). json.loads gives it
+# back as a lone surrogate: not Unicode, and neither UTF-8, Postgres text nor jsonb can hold
+# it. Only such an escape can produce one (raw UTF-8 bytes for it fail to decode).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NUL = re.compile("\x00")
+
+
+def loads(body: bytes) -> Any:
+    """json.loads, with lone surrogates replaced by U+FFFD: a report that carries one is
+    otherwise good, and is stored (its raw body is kept as it came)."""
+    value = json.loads(body)
+    if _SURROGATE_ESCAPE.search(body):
+        value = _replace_in_strings(value, _SURROGATE, "\ufffd")
+    return value
 
 
 def _default(value: Any) -> Any:
@@ -31,7 +49,7 @@ def jsonb_text(value: Any) -> str:
     may carry; it is rare, so it is looked for in the encoded bytes before any cleaning."""
     data = pydantic_core.to_json(value)
     if b"\\u0000" in data:
-        data = pydantic_core.to_json(_without_nul(value))
+        data = pydantic_core.to_json(_replace_in_strings(value, _NUL, ""))
     return data.decode()
 
 
@@ -44,11 +62,14 @@ def model_jsonb_text(model: BaseModel) -> str:
     return text
 
 
-def _without_nul(value: Any) -> Any:
+def _replace_in_strings(value: Any, pattern: re.Pattern[str], by: str) -> Any:
+    """A JSON value with `pattern` replaced in every string in it, keys included."""
     if isinstance(value, str):
-        return value.replace("\x00", "")
+        return pattern.sub(by, value)
     if isinstance(value, list):
-        return [_without_nul(v) for v in value]
+        return [_replace_in_strings(v, pattern, by) for v in value]
     if isinstance(value, dict):
-        return {str(k).replace("\x00", ""): _without_nul(v) for k, v in value.items()}
+        return {
+            pattern.sub(by, str(k)): _replace_in_strings(v, pattern, by) for k, v in value.items()
+        }
     return value

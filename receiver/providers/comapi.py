@@ -1,7 +1,6 @@
 """Comapi / dotdigital Enterprise Communications API: signed webhook envelopes (single or batch),
 per-channel statuses, single and batch send registration."""
 
-import json
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -11,7 +10,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from receiver.jsonio import jsonb_text, model_jsonb_text
+from receiver.jsonio import jsonb_text, loads, model_jsonb_text
 from receiver.providers.base import (
     Fetched,
     PollTarget,
@@ -109,7 +108,7 @@ def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) 
     # Comapi never retries a 400 and then drops the event. So 400 only for bytes that are not
     # JSON at all; JSON of a shape we cannot read yet is acknowledged and kept raw instead.
     try:
-        document = json.loads(body)
+        document = loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidReport(f"body is not JSON: {exc}") from exc
     envelopes = document if isinstance(document, list) else [document]

@@ -3,7 +3,6 @@ verification, send-response registration, and its status groups."""
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from receiver.jsonio import model_jsonb_text
+from receiver.jsonio import loads, model_jsonb_text
 from receiver.providers import xmlbody
 from receiver.providers.base import (
     Provider,
@@ -153,7 +152,7 @@ def _results(body: bytes, content_type: str | None) -> list[Any]:
             raise InvalidReport("XML body has no <results>")
         return xmlbody.items(found)
     try:
-        document = json.loads(body)
+        document = loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidReport(f"body is not JSON: {exc}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("results"), list):

@@ -370,3 +370,39 @@ async def test_concurrent_infobip_batches_for_shared_messages_lose_nothing(
     assert all(r.status == 200 for r in responses)
     assert await db.fetchval("select count(*) from events") == 200
     assert await db.fetchval("select count(*) from messages where status = 'sent'") == 20
+
+
+async def test_a_lone_surrogate_escape_in_a_report_is_stored_not_a_500(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    # JSON may escape half of a UTF-16 pair ("\ud800"): Python reads it, but it is not
+    # Unicode, and neither UTF-8 nor jsonb can hold it. The report is authenticated and
+    # otherwise good: it is stored, with U+FFFD in place of the half, and the raw body kept.
+    infobip_body = raw("infobip", "sms_v3_report.json").replace(b'"to": "', b'"to": "\\ud800', 1)
+    assert b"\\ud800" in infobip_body
+    resp = await post_infobip(client, infobip_body)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["new_events"] == 1
+
+    comapi_body = raw("comapi", "single_failed.json").replace(
+        b'"orderId": "', b'"orderId": "\\udfff', 1
+    )
+    assert b"\\udfff" in comapi_body
+    resp = await post_comapi(client, comapi_body)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["new_events"] == 1
+
+    recipients = await db.fetch("select recipient from messages where provider = 'infobip'")
+    assert [r["recipient"][0] for r in recipients] == ["\ufffd"]
+    details = await db.fetchval("select details::text from events where provider = 'comapi'")
+    assert "\ufffd4712" in details
+    assert await db.fetchval("select count(*) from receipts where body = $1", comapi_body) == 1
+
+
+async def test_a_lone_surrogate_in_a_search_is_not_a_500(client: Client) -> None:
+    # Percent-encoded bytes of a surrogate (not UTF-8), and a cursor whose JSON escapes one.
+    resp = await client.get("/v1/messages?recipient=%ED%A0%80", headers=AUTH)
+    assert resp.status in (200, 400), await resp.text()
+    cursor = base64.urlsafe_b64encode(b'["\\ud800", "x"]').decode().rstrip("=")
+    resp = await client.get(f"/v1/messages?cursor={cursor}", headers=AUTH)
+    assert resp.status in (200, 400), await resp.text()

@@ -1,7 +1,9 @@
 """Fuzzing: random and mutated payloads into every parser and verifier. Nothing may come out
 but a parse result or InvalidReport (a clean 4xx at the HTTP edge)."""
 
+import dataclasses
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +51,14 @@ def parses_cleanly(provider: str, body: bytes, content_type: str) -> None:
     for update in result.updates:
         assert update.message_key
         assert "\x00" not in (update.provider_status or "")
+        # Whatever comes out can be sent to Postgres: UTF-8 text (no lone surrogate) and
+        # jsonb details.
+        for field in dataclasses.fields(update):
+            value = getattr(update, field.name)
+            for text in value if isinstance(value, tuple) else (value,):
+                if isinstance(text, str):
+                    text.encode()
+        assert isinstance(json.loads(update.details_json), dict)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -70,6 +80,28 @@ def test_mutated_payloads_parse_or_are_refused(seed: tuple[str, bytes, str], dat
         if not mutated:
             break
     parses_cleanly(provider, bytes(mutated), content_type)
+
+
+# JSON escapes Python reads but Postgres cannot store as they are (a lone half of a surrogate
+# pair, NUL), and ones it can (a whole pair, an accent, a backslash).
+ESCAPES = ["\\ud800", "\\udfff", "\\ud83d\\ude00", "\\u0000", "\\u00e9", "\\\\"]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([s for s in SEEDS if s[2] == "application/json"]), st.data())
+def test_escapes_inside_strings_parse_or_are_refused(
+    seed: tuple[str, bytes, str], data: Any
+) -> None:
+    provider, body, content_type = seed
+    text = body.decode()
+    # Just inside a string: the start of a key or of a string value.
+    starts = [m.end() for m in re.finditer(r'(?:[{,]\s*"|"\s*:\s*")', text)]
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.sampled_from(starts))
+        escape = data.draw(st.sampled_from(ESCAPES))
+        text = text[:at] + escape + text[at:]
+        starts = [s + len(escape) if s > at else s for s in starts]
+    parses_cleanly(provider, text.encode(), content_type)
 
 
 @settings(max_examples=200)

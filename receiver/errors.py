@@ -55,6 +55,9 @@ _HTTP_CODES = {
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # Postgres text cannot hold NUL: refused here once, rather than failing in a query later.
+    if "%00" in request.raw_path:  # path and query as sent, before percent-decoding
+        return error_response(400, "bad_request", "the URL may not contain NUL (%00)")
     try:
         return await handler(request)
     except ApiError as exc:

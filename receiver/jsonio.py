@@ -62,6 +62,18 @@ def model_jsonb_text(model: BaseModel) -> str:
     return text
 
 
+def has_nul(value: Any) -> bool:
+    """Whether any string in a JSON value (keys included) holds NUL, which Postgres text and
+    jsonb refuse."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    return False
+
+
 def _replace_in_strings(value: Any, pattern: re.Pattern[str], by: str) -> Any:
     """A JSON value with `pattern` replaced in every string in it, keys included."""
     if isinstance(value, str):

@@ -14,7 +14,7 @@ from receiver import forward_queries
 from receiver.db import connection
 from receiver.errors import ApiError
 from receiver.forward import new_secret
-from receiver.jsonio import json_response
+from receiver.jsonio import has_nul, json_response
 from receiver.keys import POOL, SETTINGS
 from receiver.netguard import BlockedAddress, GuardedResolver, check_literal, parse_networks
 from receiver.providers import PROVIDERS
@@ -83,9 +83,12 @@ class _DeliveryQuery(BaseModel):
 async def _body(request: web.Request, model: type[M]) -> M:
     raw = await request.read()
     try:
-        return model.model_validate_json(raw or b"{}")
+        body = model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         raise ApiError(400, "invalid_body", describe(exc)) from exc
+    if b"\\u0000" in raw and has_nul(body.model_dump(mode="json")):
+        raise ApiError(400, "invalid_body", "text may not contain NUL (\\u0000)")
+    return body
 
 
 def _id(request: web.Request, name: str = "id") -> uuid.UUID:

@@ -83,3 +83,22 @@ async def test_a_registration_carrying_nul_or_a_lone_surrogate_is_never_a_500(
         body = f'{{"response": {text[:at]}{escape}{text[at:]}}}'.encode()
         resp = await client.post(f"/v1/messages/{provider}", data=body, headers=AUTH)
         assert resp.status < 500, (provider, await resp.text())
+
+
+async def test_non_ascii_headers_are_never_a_500(client: Client) -> None:
+    odd = "éü€" + "x" * 200
+    for path, headers in [
+        ("/v1/messages", {"Authorization": f"Bearer {odd}", "X-Request-Id": odd}),
+        ("/healthz", {"X-Request-Id": odd}),
+    ]:
+        resp = await client.get(path, headers=headers)
+        assert resp.status < 500, (path, await resp.text())
+    for provider, header in [
+        ("messente", "X-Messente-Signature"),
+        ("comapi", "X-Comapi-Signature"),
+        ("infobip", "Authorization"),
+    ]:
+        resp = await client.post(
+            f"/webhooks/{provider}", data=b"{}", headers={header: odd, "X-Request-Id": odd}
+        )
+        assert resp.status == 401, (provider, await resp.text())

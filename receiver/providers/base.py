@@ -6,10 +6,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
-from pydantic import SecretStr, ValidationError
+from pydantic import AfterValidator, SecretStr, ValidationError
 
 from receiver.reports import InvalidReport, Parsed, StatusUpdate
 from receiver.retry_after import parse_retry_after
@@ -87,9 +87,19 @@ class Provider:
     poll_configured: Callable[[Settings], bool] | None = None
 
 
-def as_utc(moment: datetime) -> datetime:
+def _to_utc(moment: datetime) -> datetime:
     # Messente sends zone-less timestamps; its docs do not say, and UTC is what it runs on.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01 east of Greenwich, 9999-12-31 west of it
+        raise ValueError("timestamp out of range") from None
+
+
+# A provider's timestamp, in UTC once validated. One that cannot be (out of range) makes its
+# report invalid rather than crashing the request.
+Timestamp = Annotated[datetime, AfterValidator(_to_utc)]
 
 
 def describe(error: ValidationError) -> str:

@@ -16,8 +16,8 @@ from receiver.providers.base import (
     PollTarget,
     Provider,
     Registration,
+    Timestamp,
     Verification,
-    as_utc,
     basic_auth,
     clean,
     describe,
@@ -60,7 +60,7 @@ class _ChannelStatus(BaseModel):
 
     status: str = Field(max_length=100)
     details: dict[str, Any] | None = None
-    updatedOn: datetime | None = None  # noqa: N815 - Comapi's field names
+    updatedOn: Timestamp | None = None  # noqa: N815 - Comapi's field names
 
 
 class _Details(BaseModel):
@@ -77,7 +77,7 @@ class _MessagePayload(BaseModel):
     id: str = Field(min_length=1, max_length=200)
     details: _Details = Field(default_factory=_Details)
     metadata: dict[str, Any] | None = None
-    updatedOn: datetime | None = None  # noqa: N815
+    updatedOn: Timestamp | None = None  # noqa: N815
 
 
 class _Envelope(BaseModel):
@@ -90,7 +90,7 @@ class _Envelope(BaseModel):
     apiSpaceId: str | None = None  # noqa: N815
     revision: int | None = None
     etag: str | None = None
-    timestamp: datetime | None = None
+    timestamp: Timestamp | None = None
 
 
 def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verification:
@@ -148,7 +148,7 @@ def envelope_updates(envelope: _Envelope) -> list[StatusUpdate]:
             provider_status=clean(envelope.name, 100),
             provider_code=None if envelope.revision is None else f"revision {envelope.revision}",
             channel=channel,
-            occurred_at=as_utc(occurred) if occurred else None,
+            occurred_at=occurred,
             error_text=clean(str(reason)) if reason and status is Status.FAILED else None,
             details_json=model_jsonb_text(envelope),
         )
@@ -167,7 +167,7 @@ def _channel_updates(
     updates = []
     for name, state in channel_status.items():
         mapped = STATUSES.get(state.status.lower())
-        at = as_utc(state.updatedOn) if state.updatedOn else None
+        at = state.updatedOn
         updates.append(
             StatusUpdate(
                 **common,
@@ -201,7 +201,7 @@ class _SingleResponse(BaseModel):
     statusDetails: dict[str, Any] | None = None  # noqa: N815
     to: _To | None = None
     rules: list[str] | None = None
-    sentOn: datetime | None = None  # noqa: N815
+    sentOn: Timestamp | None = None  # noqa: N815
 
 
 class _BatchItem(BaseModel):
@@ -244,7 +244,7 @@ def _single(registration: Registration) -> StatusUpdate:
         dedup_key=f"send|{raw_status}",
         provider_status=clean(raw_status, 100),
         channel=str(channel) if channel else None,
-        occurred_at=as_utc(at),
+        occurred_at=at,
         unmapped=raw_status not in STATUSES,
         details_json=model_jsonb_text(response),
         recipient=_recipient(to),
@@ -304,7 +304,7 @@ class _Message(BaseModel):
     statusDetails: _StatusDetails = Field(default_factory=_StatusDetails)  # noqa: N815
     to: _To | None = None
     rules: list[str] | None = None
-    sentOn: datetime | None = None  # noqa: N815
+    sentOn: Timestamp | None = None  # noqa: N815
 
 
 def poll_configured(settings: Settings) -> bool:

@@ -15,8 +15,8 @@ from receiver.providers import xmlbody
 from receiver.providers.base import (
     Provider,
     Registration,
+    Timestamp,
     Verification,
-    as_utc,
     clean,
     describe,
     fetch,
@@ -76,9 +76,9 @@ class _Report(BaseModel):
     to: str | dict[str, Any] | None = None
     destination: str | None = None  # Messages API
     sender: str | None = None
-    sentAt: datetime | None = None  # noqa: N815
-    doneAt: datetime | None = None  # noqa: N815
-    seenAt: datetime | None = None  # noqa: N815 - seen reports
+    sentAt: Timestamp | None = None  # noqa: N815
+    doneAt: Timestamp | None = None  # noqa: N815
+    seenAt: Timestamp | None = None  # noqa: N815 - seen reports
     smsCount: int | None = None  # noqa: N815 - SMS v1/v2
     messageCount: int | None = None  # noqa: N815 - SMS v3, OMNI, Messages API
     mccMnc: str | None = None  # noqa: N815
@@ -183,7 +183,7 @@ def report_to_update(report: _Report) -> StatusUpdate:
     status, unmapped = map_status(report.status)
     raw_status = report.status.name or f"group {report.status.groupId}"
     occurred = report.doneAt or report.sentAt
-    stamp = as_utc(occurred).isoformat() if occurred else "-"
+    stamp = occurred.isoformat() if occurred else "-"
     dedup = f"{channel or 'sms'}|{report.status.groupId}.{report.status.id}|{stamp}"
     return _update(report, status, occurred, dedup, channel or "sms", raw_status, unmapped)
 
@@ -206,7 +206,7 @@ def _update(
         dedup_key=dedup,
         provider_status=clean(raw_status, 100),
         channel=channel,
-        occurred_at=as_utc(occurred) if occurred else None,
+        occurred_at=occurred,
         provider_code=(
             f"{report.status.groupId}.{report.status.id}" if report.status is not None else None
         ),

@@ -1,6 +1,5 @@
 """Mercury Web API: SendMessages registration. Mercury has no push; its dispatches are polled."""
 
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -13,7 +12,7 @@ from receiver.providers.base import (
     PollTarget,
     Provider,
     Registration,
-    as_utc,
+    Timestamp,
     basic_auth,
     clean,
     describe,
@@ -146,10 +145,10 @@ class _Dispatch(BaseModel):
     hasStartedQueuing: bool | None = None  # noqa: N815
     hasFinishedQueuing: bool | None = None  # noqa: N815
     errorMessage: str | None = None  # noqa: N815
-    createdAt: datetime | None = None  # noqa: N815
-    startedQueuingAt: datetime | None = None  # noqa: N815
-    finishedQueuingAt: datetime | None = None  # noqa: N815
-    lastUpdate: datetime | None = None  # noqa: N815
+    createdAt: Timestamp | None = None  # noqa: N815
+    startedQueuingAt: Timestamp | None = None  # noqa: N815
+    finishedQueuingAt: Timestamp | None = None  # noqa: N815
+    lastUpdate: Timestamp | None = None  # noqa: N815
 
 
 # sendStatusId: 1 Draft, 2 Pending, 3 Queued, 7 Error. 4-6 are undocumented.
@@ -198,7 +197,7 @@ async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollT
             provider_status=f"sendStatusId {found.sendStatusId}",
             provider_code=str(found.sendStatusId),
             channel=CHANNELS.get(found.messageTypeId or 0),
-            occurred_at=as_utc(at) if at else None,
+            occurred_at=at,
             error_text=clean(found.errorMessage) if status is Status.FAILED else None,
             unmapped=found.sendStatusId not in SEND_STATUSES,
             details_json=model_jsonb_text(found),

@@ -15,8 +15,8 @@ from receiver.providers.base import (
     PollTarget,
     Provider,
     Registration,
+    Timestamp,
     Verification,
-    as_utc,
     basic_auth,
     clean,
     describe,
@@ -64,7 +64,7 @@ class _DeliveryResult(BaseModel):
     # 0-10 machine codes, 999 the temporary error; null when not processed yet.
     err: int | None = None
     error: str | None = None
-    timestamp: datetime | None = None
+    timestamp: Timestamp | None = None
     price_info: dict[str, Any] | None = None
 
 
@@ -97,7 +97,7 @@ def report_to_update(report: _DeliveryResult) -> StatusUpdate:
         status, unmapped = STATUS_MAP[raw_status], False
     else:
         status, unmapped = Status.UNKNOWN, True
-    occurred_at = as_utc(report.timestamp) if report.timestamp else None
+    occurred_at = report.timestamp
     stamp = occurred_at.isoformat() if occurred_at else f"err={report.err}"
     channel = report.channel.strip().lower() if report.channel else None
     return StatusUpdate(

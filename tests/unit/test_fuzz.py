@@ -104,6 +104,25 @@ def test_escapes_inside_strings_parse_or_are_refused(
     parses_cleanly(provider, text.encode(), content_type)
 
 
+# The ends of what a datetime holds, with zones that push them past it once in UTC.
+EXTREME_TIMES = [
+    "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59-01:00",
+    "0001-01-01T00:00:00",
+    "9999-12-31T23:59:59.999999Z",
+    "2024-02-30T00:00:00Z",
+]
+TIMESTAMP = re.compile(r'"\d{4}-\d\d-\d\dT[^"]*"')
+
+
+@settings(max_examples=100)
+@given(st.sampled_from([s for s in SEEDS if s[2] == "application/json"]), st.data())
+def test_extreme_timestamps_parse_or_are_refused(seed: tuple[str, bytes, str], data: Any) -> None:
+    provider, body, content_type = seed
+    text = TIMESTAMP.sub(lambda _: f'"{data.draw(st.sampled_from(EXTREME_TIMES))}"', body.decode())
+    parses_cleanly(provider, text.encode(), content_type)
+
+
 @settings(max_examples=200)
 @given(
     st.sampled_from(sorted(PARSERS)),

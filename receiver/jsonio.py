@@ -19,10 +19,21 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _NUL = re.compile("\x00")
 
 
+# Providers' documents are a few levels deep. A much deeper one is refused (ValueError) before
+# anything recursive meets it: json.loads itself, the jsonb encoder (about 200 levels).
+MAX_DEPTH = 64
+
+
 def loads(body: bytes) -> Any:
     """json.loads, with lone surrogates replaced by U+FFFD: a report that carries one is
-    otherwise good, and is stored (its raw body is kept as it came)."""
-    value = json.loads(body)
+    otherwise good, and is stored (its raw body is kept as it came). ValueError for what is
+    not JSON, or is nested deeper than MAX_DEPTH."""
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    if _deeper_than(value, MAX_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     if _SURROGATE_ESCAPE.search(body):
         value = _replace_in_strings(value, _SURROGATE, "\ufffd")
     return value
@@ -60,6 +71,20 @@ def model_jsonb_text(model: BaseModel) -> str:
     if "\\u0000" in text:
         return jsonb_text(model.model_dump(mode="json", exclude_none=True))
     return text
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    # A stack, not recursion: the point is not to find the recursion limit.
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in item)
+    return False
 
 
 def has_nul(value: Any) -> bool:

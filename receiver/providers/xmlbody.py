@@ -3,6 +3,7 @@
 from typing import Any
 from xml.etree import ElementTree
 
+from receiver.jsonio import MAX_DEPTH
 from receiver.reports import InvalidReport
 
 
@@ -32,11 +33,13 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _value(element: ElementTree.Element) -> Any:
+def _value(element: ElementTree.Element, depth: int = 1) -> Any:
     children = list(element)
     if not children:
         return (element.text or "").strip() or None
+    if depth >= MAX_DEPTH:
+        raise InvalidReport(f"XML nested deeper than {MAX_DEPTH} levels")
     grouped: dict[str, list[Any]] = {}
     for child in children:
-        grouped.setdefault(_local(child.tag), []).append(_value(child))
+        grouped.setdefault(_local(child.tag), []).append(_value(child, depth + 1))
     return {name: values[0] if len(values) == 1 else values for name, values in grouped.items()}

@@ -123,6 +123,25 @@ def test_extreme_timestamps_parse_or_are_refused(seed: tuple[str, bytes, str], d
     parses_cleanly(provider, text.encode(), content_type)
 
 
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(SEEDS), st.integers(1, 5000), st.booleans(), st.data())
+def test_deep_nesting_parses_or_is_refused(
+    seed: tuple[str, bytes, str], depth: int, arrays: bool, data: Any
+) -> None:
+    # Past the recursion limits of json.loads, of the XML reader, of the jsonb encoder.
+    provider, body, content_type = seed
+    text = body.decode()
+    if content_type.endswith("xml"):
+        nested = "<a>" * depth + "x" + "</a>" * depth
+        starts = [m.end() for m in re.finditer(r"<[A-Za-z]+>", text)]
+    else:
+        inner = "[" * depth + "]" * depth if arrays else '{"a":' * depth + "1" + "}" * depth
+        nested = f'"deep": {inner},'
+        starts = [m.end() for m in re.finditer(r"\{\s*", text)]  # just inside an object
+    at = data.draw(st.sampled_from(starts))
+    parses_cleanly(provider, (text[:at] + nested + text[at:]).encode(), content_type)
+
+
 @settings(max_examples=200)
 @given(
     st.sampled_from(sorted(PARSERS)),

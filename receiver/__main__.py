@@ -1,4 +1,4 @@
-"""The command line: `python -m receiver serve | migrate | forward | poll`."""
+"""The command line: `python -m receiver serve | migrate | forward | poll | prune`."""
 
 import argparse
 import asyncio
@@ -22,6 +22,7 @@ from receiver.embedded import embedded_postgres
 from receiver.forward import Forwarder, http_client
 from receiver.poll import Poller
 from receiver.poll import http_client as poll_client
+from receiver.retention import Retention
 from receiver.settings import Settings
 
 log = structlog.get_logger()
@@ -85,6 +86,14 @@ async def _poll(settings: Settings) -> None:
             await ingestor.close()
 
 
+async def _prune(settings: Settings) -> None:
+    """One retention pass now, for a scheduled job (serve runs one hourly when configured)."""
+    if settings.retention_days is None:
+        raise SystemExit("prune: set RECEIVER_RETENTION_DAYS to say what is old enough to go")
+    async with _migrated_pool(settings) as pool:
+        await Retention(pool, settings).prune_once()
+
+
 async def _freeze_the_heap(app: web.Application) -> None:
     """Everything imported and built at start-up lives as long as the process. Frozen, the
     cyclic collector stops walking it on every full collection: those walks were pauses of
@@ -142,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("migrate", help="apply pending database migrations and exit")
     commands.add_parser("forward", help="run only the forwarder (serve runs one too)")
     commands.add_parser("poll", help="run only the poller (serve runs one too)")
+    commands.add_parser("prune", help="delete what RECEIVER_RETENTION_DAYS says is old, once")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -153,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_forward(settings))
         elif args.command == "poll":
             asyncio.run(_poll(settings))
+        elif args.command == "prune":
+            asyncio.run(_prune(settings))
         else:
             log.info("serve.start", host=settings.host, port=settings.port)
             _serve(settings)

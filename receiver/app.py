@@ -18,6 +18,7 @@ from receiver.metrics import Metrics
 from receiver.poll import Poller
 from receiver.poll import http_client as poll_client
 from receiver.providers import PROVIDERS
+from receiver.retention import Retention
 from receiver.settings import Settings
 
 
@@ -67,6 +68,8 @@ def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(_forwarding)
     if settings.poll_enabled:
         app.cleanup_ctx.append(_polling)
+    if settings.retention_days is not None:
+        app.cleanup_ctx.append(_retention)
     return app
 
 
@@ -109,6 +112,14 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
         yield
         forwarder.stop()
         await task
+
+
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    retention = Retention(app[POOL], app[SETTINGS])
+    task = asyncio.create_task(retention.run(), name="retention")
+    yield
+    retention.stop()
+    await task
 
 
 async def _polling(app: web.Application) -> AsyncIterator[None]:

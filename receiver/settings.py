@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     ingest_max_inflight: int = Field(default=2, gt=0)
     db_pool_size: int = Field(default=10, gt=1)
 
+    # Retention: messages nobody has touched for this many days are deleted with their events,
+    # then receipts and settled deliveries as old. None keeps everything. At least a day, so a
+    # delivery's retries (about a day) and a message's polls (poll_max_age) run their course.
+    retention_days: float | None = Field(default=None, ge=1)
+
     # Forwarding to subscribers. The schedule is the wait before each retry, in seconds: after
     # the last one fails the delivery is dead-lettered (replayable). About a day in all.
     forward_enabled: bool = True

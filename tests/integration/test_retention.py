@@ -1,5 +1,6 @@
 """Retention: what nobody has touched for RECEIVER_RETENTION_DAYS goes, everything else stays."""
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -152,3 +153,34 @@ async def test_the_service_prunes_when_retention_is_set(
 
     await eventually(pruned)
     assert [r["key"] for r in await db.fetch("select key from messages")] == ["young"]
+
+
+async def test_a_report_for_a_message_deleted_under_its_batch_starts_it_afresh(
+    ingestor: Ingestor, database_url: str, db: asyncpg.Connection
+) -> None:
+    # Retention deletes a message after the ingestor read it and before its write lands: the
+    # write must notice (the version check), read again and create the message anew.
+    await ingestor.submit(receipt(), [update("m", "s", Status.SENT)])
+    pruning = await asyncpg.connect(database_url)
+    try:
+        deleting = pruning.transaction()
+        await deleting.start()
+        await pruning.execute("delete from messages where key = 'm'")
+        late = asyncio.ensure_future(
+            ingestor.submit(receipt(), [update("m", "d", Status.DELIVERED)])
+        )
+        waiting = "select count(*) > 0 from pg_stat_activity where $1 = any(pg_blocking_pids(pid))"
+
+        async def blocked() -> bool:
+            return bool(await db.fetchval(waiting, pruning.get_server_pid()))
+
+        await eventually(blocked)
+        await deleting.commit()
+        result = await late
+    finally:
+        await pruning.close()
+    assert result.new_events == 1
+    rows = await db.fetch("select status, version from messages where key = 'm'")
+    assert [(r["status"], r["version"]) for r in rows] == [("delivered", 0)]
+    events = await db.fetch("select dedup_key from events where message_key = 'm'")
+    assert [e["dedup_key"] for e in events] == ["d"]

@@ -115,7 +115,7 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:
-    retention = Retention(app[POOL], app[SETTINGS])
+    retention = Retention(app[POOL], app[SETTINGS], app[METRICS])
     task = asyncio.create_task(retention.run(), name="retention")
     yield
     retention.stop()

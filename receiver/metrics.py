@@ -8,6 +8,7 @@ _HELP = {
     "dlr_ingest_transactions_total": "Group-commit transactions committed.",
     "dlr_forward_attempts_total": "Delivery attempts to subscribers, by result.",
     "dlr_poll_requests_total": "Requests to provider status APIs, by provider and result.",
+    "dlr_retention_deleted_total": "Rows deleted by retention, by kind.",
 }
 
 

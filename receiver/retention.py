@@ -21,6 +21,7 @@ import asyncpg
 import structlog
 
 from receiver.db import connection, log_loop_failure
+from receiver.metrics import Metrics
 from receiver.reports import first_id_at
 from receiver.settings import Settings
 
@@ -116,9 +117,12 @@ async def prune(
 class Retention:
     """Prunes every EVERY seconds, from the start, until stop(); or once (`prune`)."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
         assert settings.retention_days is not None
         self._pool = pool
+        self._metrics = metrics or Metrics()
         self._keep = timedelta(days=settings.retention_days)
         self._stopping = asyncio.Event()
 
@@ -139,6 +143,8 @@ class Retention:
         started = time.monotonic()
         before = datetime.now(UTC) - self._keep
         pruned = await prune(self._pool, before, stopping=self._stopping)
+        for kind, count in vars(pruned).items():
+            self._metrics.inc("dlr_retention_deleted_total", count, kind=kind)
         log.info(
             "retention.pruned",
             before=before.isoformat(),

@@ -146,13 +146,17 @@ async def test_the_service_prunes_when_retention_is_set(
     )
 
     settings = make_settings(database_url, retention_days=2)
-    await aiohttp_client(create_app(settings))
+    client = await aiohttp_client(create_app(settings))
 
     async def pruned() -> bool:
-        return bool(await db.fetchval("select count(*) from receipts") == 1)
+        metrics = await (await client.get("/metrics")).text()
+        return 'dlr_retention_deleted_total{kind="receipts"} 1' in metrics
 
     await eventually(pruned)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'dlr_retention_deleted_total{kind="messages"} 1' in metrics
     assert [r["key"] for r in await db.fetch("select key from messages")] == ["young"]
+    assert await db.fetchval("select count(*) from receipts") == 1
 
 
 async def test_a_report_for_a_message_deleted_under_its_batch_starts_it_afresh(

@@ -13,6 +13,7 @@ for. A report arriving for a message already deleted starts it afresh.
 
 import asyncio
 import time
+import uuid
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -71,18 +72,22 @@ _MESSAGES = """
     select count(*) from gone
 """
 
+# Receipts are walked by key, a window of `batch` at a time: old receipts that an event still
+# refers to stay, and must not be looked at again and again.
 _RECEIPTS = """
-    with doomed as (
-        select r.id from receipts r
-        where r.id < $3 and r.received_at < $1
+    with win as (
+        select id from receipts where id > $3 and id < $4 order by id limit $2
+    ), doomed as (
+        select r.id from receipts r join win on win.id = r.id
+        where r.received_at < $1
           and not exists (select 1 from events e where e.receipt_id = r.id)
-        order by r.id
-        limit $2
-        for update skip locked
+        for update of r skip locked
     ), gone as (
         delete from receipts r using doomed where r.id = doomed.id returning 1
     )
-    select count(*) from gone
+    select (select count(*) from gone) as deleted,
+           (select count(*) from win) as seen,
+           (select id from win order by id desc limit 1) as last
 """
 
 
@@ -95,22 +100,30 @@ async def prune(
     """One pass: delete, batch after batch, everything older than `before` (or until
     `stopping` is set: what is left waits for the next pass)."""
     pruned = Pruned()
-    # Receipt ids are time-ordered: older ones sort below this, and the key finds them.
-    # Older ids that are not time-ordered are left alone.
-    id_bound = first_id_at(before.timestamp())
-    for name, sql, extra in (
-        ("deliveries", _DELIVERIES, ()),
-        ("messages", _MESSAGES, ()),
-        ("receipts", _RECEIPTS, (id_bound,)),
-    ):
-        while True:
+
+    def stop() -> bool:
+        return stopping is not None and stopping.is_set()
+
+    for name, sql in (("deliveries", _DELIVERIES), ("messages", _MESSAGES)):
+        while not stop():
             async with connection(pool) as conn:
-                deleted: int = await conn.fetchval(sql, before, batch, *extra)
+                deleted: int = await conn.fetchval(sql, before, batch)
             setattr(pruned, name, getattr(pruned, name) + deleted)
-            if stopping is not None and stopping.is_set():
-                return pruned
             if deleted < batch:
                 break
+
+    # Receipt ids are time-ordered: older ones sort below this bound. Older ids that are not
+    # time-ordered (none are written any more) are left alone.
+    bound = first_id_at(before.timestamp())
+    after = uuid.UUID(int=0)
+    while not stop():
+        async with connection(pool) as conn:
+            row = await conn.fetchrow(_RECEIPTS, before, batch, after, bound)
+        assert row is not None
+        pruned.receipts += row["deleted"]
+        if row["seen"] < batch:
+            break
+        after = row["last"]
     return pruned
 
 

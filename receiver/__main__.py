@@ -1,4 +1,4 @@
-"""The command line: `python -m receiver serve | migrate | forward | poll | prune`."""
+"""The command line: `python -m receiver serve | migrate | forward | poll | prune | reprocess`."""
 
 import argparse
 import asyncio
@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
@@ -22,6 +23,7 @@ from receiver.embedded import embedded_postgres
 from receiver.forward import Forwarder, http_client
 from receiver.poll import Poller
 from receiver.poll import http_client as poll_client
+from receiver.reprocess import reprocess
 from receiver.retention import Retention
 from receiver.settings import Settings
 
@@ -94,6 +96,31 @@ async def _prune(settings: Settings) -> None:
         await Retention(pool, settings).prune_once()
 
 
+async def _reprocess(
+    settings: Settings, everything: bool, since: datetime | None, until: datetime | None
+) -> None:
+    """Kept receipts through today's parsers, into the one ingest path."""
+    async with _migrated_pool(settings) as pool:
+        ingestor = make_ingestor(pool, settings)
+        ingestor.start()
+        try:
+            done = await reprocess(pool, ingestor, everything=everything, since=since, until=until)
+        finally:
+            await ingestor.close()
+    log.info(
+        "reprocess.done",
+        receipts=done.receipts,
+        new_events=done.new_events,
+        still_problems=done.still_problems,
+    )
+
+
+def _moment(text: str) -> datetime:
+    """An ISO 8601 time; one without a zone is UTC."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 async def _freeze_the_heap(app: web.Application) -> None:
     """Everything imported and built at start-up lives as long as the process. Frozen, the
     cyclic collector stops walking it on every full collection: those walks were pauses of
@@ -152,6 +179,12 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("forward", help="run only the forwarder (serve runs one too)")
     commands.add_parser("poll", help="run only the poller (serve runs one too)")
     commands.add_parser("prune", help="delete what RECEIVER_RETENTION_DAYS says is old, once")
+    again = commands.add_parser(
+        "reprocess", help="read kept receipts that had a problem again, with today's parsers"
+    )
+    again.add_argument("--all", action="store_true", help="every kept receipt, not only those")
+    again.add_argument("--since", type=_moment, help="received at or after (ISO 8601)")
+    again.add_argument("--until", type=_moment, help="received before (ISO 8601)")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -165,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_poll(settings))
         elif args.command == "prune":
             asyncio.run(_prune(settings))
+        elif args.command == "reprocess":
+            asyncio.run(_reprocess(settings, args.all, args.since, args.until))
         else:
             log.info("serve.start", host=settings.host, port=settings.port)
             _serve(settings)

@@ -7,6 +7,7 @@ batches grow with load and a lone request waits for nobody.
 """
 
 import asyncio
+import dataclasses
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -208,9 +209,7 @@ class Ingestor:
 
 
 def _with_problem(receipt: Receipt, problem: str) -> Receipt:
-    return Receipt(
-        receipt.provider, receipt.source, receipt.body, receipt.content_type, problem, receipt.id
-    )
+    return dataclasses.replace(receipt, problem=problem)
 
 
 def _set_exception(future: asyncio.Future[IngestResult], exc: Exception) -> None:

@@ -12,11 +12,14 @@ from receiver.reports import Receipt
 
 
 async def insert_receipts(conn: Conn, receipts: Sequence[Receipt]) -> None:
+    """Receipts alone (their updates could not be stored); one read again keeps its row and
+    takes the new problem."""
     await conn.execute(
         """
         insert into receipts (id, provider, source, content_type, body, problem)
         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[],
                              $6::text[])
+        on conflict (id) do update set problem = excluded.problem
         """,
         *_receipt_columns(receipts),
     )
@@ -84,8 +87,16 @@ async def write_batch(
         """
         with receipts_in as (
             insert into receipts (id, provider, source, content_type, body, problem)
-            select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[],
-                                 $6::text[])
+            select id, provider, source, content_type, body, problem
+            from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                        $6::text[], $51::bool[])
+                 as r(id, provider, source, content_type, body, problem, kept)
+            where not kept
+        ), receipts_read_again as (
+            -- Receipts already stored (reprocess): only what could not be read is new.
+            update receipts set problem = r.problem
+            from unnest($1::uuid[], $6::text[], $51::bool[]) as r(id, problem, kept)
+            where r.kept and receipts.id = r.id
         ), u as (
             select * from unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
                                  $12::text[], $13::bool[], $14::text[], $15::timestamptz[],
@@ -182,6 +193,7 @@ async def write_batch(
         NOTIFY_CHANNEL,
         messages["existed"],
         messages["version"],
+        [r.kept for r in receipts],
     )
 
 

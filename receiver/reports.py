@@ -87,6 +87,9 @@ class Receipt:
     content_type: str | None = None
     problem: str | None = None
     id: uuid.UUID = field(default_factory=new_id)
+    # Already stored, and being read again (python -m receiver reprocess): its row is kept and
+    # only its problem is written anew.
+    kept: bool = False
 
 
 @dataclass(frozen=True)

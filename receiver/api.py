@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -106,6 +107,73 @@ async def list_unmapped(request: web.Request) -> web.Response:
     async with connection(request.app[POOL]) as conn:
         rows = await queries.list_unmapped(conn)
     return json_response({"unmapped": [dict(r) for r in rows]})
+
+
+class _ProblemQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str | None = None
+    since: datetime | None = None
+    cursor: str | None = Field(default=None, max_length=1000)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+async def receipts_with_problems(request: web.Request) -> web.Response:
+    """Request bodies that kept something unread: what `reprocess` would read again."""
+    query = _query(request, _ProblemQuery)
+    if query.provider is not None and query.provider not in PROVIDERS:
+        raise ApiError(400, "invalid_query", f"unknown provider {query.provider!r}")
+    after = None
+    if query.cursor:
+        try:
+            received, receipt_id = _decode_cursor(query.cursor)
+            after = (datetime.fromisoformat(received), uuid.UUID(receipt_id))
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    async with connection(request.app[POOL]) as conn:
+        rows = await queries.receipts_with_problems(
+            conn, provider=query.provider, since=query.since, after=after, limit=query.limit
+        )
+    next_cursor = None
+    if len(rows) == query.limit:
+        next_cursor = _encode_cursor([rows[-1]["received_at"], rows[-1]["id"]])
+    return json_response({"receipts": [dict(r) for r in rows], "next_cursor": next_cursor})
+
+
+async def get_receipt(request: web.Request) -> web.Response:
+    """One request body as it arrived, what could not be read from it, and its events."""
+    try:
+        receipt_id = uuid.UUID(request.match_info["id"])
+    except ValueError as exc:
+        raise ApiError(404, "receipt_not_found", "no such receipt") from exc
+    async with connection(request.app[POOL]) as conn:
+        row = await queries.receipt(conn, receipt_id)
+        if row is None:
+            raise ApiError(404, "receipt_not_found", "no such receipt")
+        events = await queries.receipt_events(conn, receipt_id)
+    body: bytes = row["body"]
+    try:
+        text: str | None = body.decode()
+    except UnicodeDecodeError:
+        text = None
+    return json_response(
+        {
+            **{k: row[k] for k in ("id", "provider", "source", "received_at", "content_type")},
+            "problem": row["problem"],
+            "body": text,  # null when the bytes are not UTF-8: see body_base64
+            "body_base64": base64.b64encode(body).decode(),
+            "events": [
+                {
+                    "message_id": e["message_key"],
+                    "status": e["status"],
+                    "provider_status": e["provider_status"],
+                    "channel": e["channel"],
+                    "occurred_at": e["occurred_at"],
+                }
+                for e in events
+            ],
+        }
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:

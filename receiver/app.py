@@ -48,6 +48,8 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/v1/messages/{provider}/{id}", api.get_message),
             web.get("/v1/groups/{provider}/{id}", api.get_group),
             web.get("/v1/unmapped", api.list_unmapped),
+            web.get("/v1/receipts/problems", api.receipts_with_problems),
+            web.get("/v1/receipts/{id}", api.get_receipt),
             web.post("/v1/subscriptions", subscriptions.create),
             web.get("/v1/subscriptions", subscriptions.list_all),
             web.get("/v1/subscriptions/{id}", subscriptions.read),

@@ -1,5 +1,6 @@
 """All SQL, as functions that take a connection so the caller owns the transaction."""
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -277,6 +278,54 @@ async def list_unmapped(conn: Conn) -> list[asyncpg.Record]:
         select provider, provider_status, count, first_seen, last_seen
         from unmapped order by last_seen desc
         """
+    )
+
+
+async def receipts_with_problems(
+    conn: Conn,
+    *,
+    provider: str | None,
+    since: datetime | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Receipts that kept a problem, newest first, by (received_at, id) keyset."""
+    return await conn.fetch(
+        """
+        select id, provider, source, received_at, content_type, length(body) as size, problem
+        from receipts
+        where problem is not null
+          and ($1::text is null or provider = $1)
+          and ($2::timestamptz is null or received_at >= $2)
+          and ($3::timestamptz is null or (received_at, id) < ($3, $4::uuid))
+        order by received_at desc, id desc
+        limit $5
+        """,
+        provider,
+        since,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+
+
+async def receipt(conn: Conn, receipt_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """
+        select id, provider, source, received_at, content_type, body, problem
+        from receipts where id = $1
+        """,
+        receipt_id,
+    )
+
+
+async def receipt_events(conn: Conn, receipt_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """
+        select message_key, status, provider_status, channel, occurred_at
+        from events where receipt_id = $1 order by id
+        """,
+        receipt_id,
     )
 
 

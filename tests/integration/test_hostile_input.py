@@ -30,6 +30,10 @@ GETS = [
     "/v1/subscriptions/{v}",
     "/v1/subscriptions/{v}/deliveries",
     "/v1/subscriptions/00000000-0000-0000-0000-000000000000/deliveries/{v}",
+    "/v1/receipts/{v}",
+    "/v1/receipts/problems?provider={v}",
+    "/v1/receipts/problems?since={v}",
+    "/v1/receipts/problems?cursor={v}",
 ]
 
 

@@ -406,3 +406,50 @@ async def test_a_lone_surrogate_in_a_search_is_not_a_500(client: Client) -> None
     cursor = base64.urlsafe_b64encode(b'["\\ud800", "x"]').decode().rstrip("=")
     resp = await client.get(f"/v1/messages?cursor={cursor}", headers=AUTH)
     assert resp.status in (200, 400), await resp.text()
+
+
+async def test_receipts_that_kept_a_problem_can_be_listed_and_read(client: Client) -> None:
+    # An Infobip batch with one report we cannot read (200: the others are stored), a body
+    # that is not JSON (400, kept), and bytes that are not UTF-8 (400, kept).
+    partly = raw("infobip", "batch_with_bad_item.json")
+    resp = await post_infobip(client, partly)
+    assert resp.status == 200
+    partly_id = (await resp.json())["receipt_id"]
+    not_json_ids = []
+    for body in (b"not json", b"\xff\xfe not utf-8"):
+        resp = await post_infobip(client, body)
+        assert resp.status == 400
+        not_json_ids.append((await resp.json())["error"]["receipt_id"])
+    resp = await post_infobip(client, raw("infobip", "omni_report.json"))
+    clean_id = (await resp.json())["receipt_id"]
+
+    listed, cursor = [], None
+    while True:
+        page = await get_json(
+            client, "/v1/receipts/problems?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        )
+        listed += page["receipts"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    # Newest first, only those with a problem, each once across pages.
+    assert [r["id"] for r in listed] == [*reversed(not_json_ids), partly_id]
+    assert all(r["problem"] and r["provider"] == "infobip" for r in listed)
+
+    one = await get_json(client, f"/v1/receipts/{partly_id}")
+    assert one["body"] == partly.decode()
+    assert base64.b64decode(one["body_base64"]) == partly
+    assert one["problem"].startswith("results[")
+    assert len(one["events"]) >= 1
+    assert all(e["message_id"] and e["status"] for e in one["events"])
+    binary = await get_json(client, f"/v1/receipts/{not_json_ids[1]}")
+    assert binary["body"] is None
+    assert base64.b64decode(binary["body_base64"]) == b"\xff\xfe not utf-8"
+    assert binary["events"] == []
+    assert (await get_json(client, f"/v1/receipts/{clean_id}"))["problem"] is None
+
+    for missing in ("00000000-0000-0000-0000-000000000000", "not-a-uuid"):
+        error = await get_json(client, f"/v1/receipts/{missing}", status=404)
+        assert error["error"]["code"] == "receipt_not_found"
+    error = await get_json(client, "/v1/receipts/problems?cursor=bm9wZQ", status=400)
+    assert error["error"]["code"] == "invalid_cursor"

@@ -209,6 +209,7 @@ def _event(row: asyncpg.Record) -> dict[str, Any]:
         "occurred_at": row["occurred_at"],
         "received_at": row["received_at"],
         "source": row["source"],
+        "receipt_id": row["receipt_id"],  # GET /v1/receipts/{id}: the body it came in
         "details": row["details"],
     }
 

@@ -262,7 +262,7 @@ async def message_events(conn: Conn, provider: str, key: str) -> list[asyncpg.Re
     return await conn.fetch(
         """
         select id, status, provider_status, provider_code, error_code, error_text, permanent,
-               channel, attempt_id, occurred_at, received_at, source, details
+               channel, attempt_id, occurred_at, received_at, source, receipt_id, details
         from events
         where provider = $1 and message_key = $2
         order by occurred_at nulls first, received_at, id

@@ -437,6 +437,10 @@ async def test_receipts_that_kept_a_problem_can_be_listed_and_read(client: Clien
     assert all(r["problem"] and r["provider"] == "infobip" for r in listed)
 
     one = await get_json(client, f"/v1/receipts/{partly_id}")
+    # A message's timeline points back at the body its event came in.
+    first = one["events"][0]["message_id"]
+    timeline = await get_json(client, f"/v1/messages/infobip/{first}")
+    assert [e["receipt_id"] for e in timeline["events"]] == [partly_id]
     assert one["body"] == partly.decode()
     assert base64.b64decode(one["body_base64"]) == partly
     assert one["problem"].startswith("results[")

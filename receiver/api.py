@@ -218,6 +218,7 @@ class _SearchQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     recipient: str | None = Field(default=None, max_length=200)
+    reference: str | None = Field(default=None, max_length=500)
     status: str | None = None
     provider: str | None = None
     since: datetime | None = None
@@ -272,6 +273,7 @@ async def search_messages(request: web.Request) -> web.Response:
             until=query.until,
             after=after,
             limit=query.limit,
+            reference=query.reference,
         )
     next_cursor = None
     if len(rows) == query.limit:

@@ -351,6 +351,7 @@ async def search_messages(
     until: datetime | None,
     after: tuple[datetime, str, str] | None,
     limit: int,
+    reference: str | None = None,
 ) -> list[asyncpg.Record]:
     """Newest first; `after` is the (created_at, provider, key) of the last row already seen."""
     return await conn.fetch(
@@ -364,6 +365,7 @@ async def search_messages(
           and ($4::timestamptz is null or created_at >= $4)
           and ($5::timestamptz is null or created_at < $5)
           and ($6::timestamptz is null or (created_at, provider, key) < ($6, $7, $8))
+          and ($10::text is null or reference = $10)
         order by created_at desc, provider desc, key desc
         limit $9
         """,
@@ -376,6 +378,7 @@ async def search_messages(
         after[1] if after else None,
         after[2] if after else None,
         limit,
+        reference,
     )
 
 

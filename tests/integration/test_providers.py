@@ -300,6 +300,10 @@ async def test_search_by_recipient_status_and_provider(client: Client) -> None:
     assert {m["status"] for m in failed["messages"]} == {"failed", "expired"}
     infobip_only = await get_json(client, "/v1/messages?provider=infobip")
     assert len(infobip_only["messages"]) == 3
+    # Your own reference: Infobip carries it back as callbackData.
+    by_reference = await get_json(client, "/v1/messages?reference=order:4712")
+    assert [m["id"] for m in by_reference["messages"]] == ["2034072219640523074"]
+    assert (await get_json(client, "/v1/messages?reference=order:0"))["messages"] == []
 
 
 async def test_search_pages_through_everything_once(client: Client) -> None:

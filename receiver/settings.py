@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, gt=1)
 
     # Retention: messages nobody has touched for this many days are deleted with their events,
-    # then receipts and settled deliveries as old. None keeps everything. At least a day, so a
-    # delivery's retries (about a day) and a message's polls (poll_max_age) run their course.
+    # then receipts and settled deliveries as old. None keeps everything. At least a day: a
+    # lower bound against typos (pending deliveries are kept whatever their age).
     retention_days: float | None = Field(default=None, ge=1)
 
     # Forwarding to subscribers. The schedule is the wait before each retry, in seconds: after

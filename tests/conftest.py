@@ -45,6 +45,20 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0)
         await asyncio.sleep(0.05)
 
 
+async def someone_waits_on(db: asyncpg.Connection, holder: asyncpg.Connection) -> bool:
+    """Whether a session is waiting for a lock that `holder` has."""
+    waiting = "select count(*) > 0 from pg_stat_activity where $1 = any(pg_blocking_pids(pid))"
+    return bool(await db.fetchval(waiting, holder.get_server_pid()))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any RECEIVER_ setting, plus `extra`: what a
+    service started by a test sees."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    env.update(extra)
+    return env
+
+
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 from receiver import migrate
 from receiver.providers import messente
 from receiver.reports import new_id
-from tests.conftest import free_port
+from tests.conftest import clean_env, free_port
 
 
 def wait_ready(base: str) -> None:
@@ -30,12 +29,6 @@ def wait_ready(base: str) -> None:
         except OSError:
             time.sleep(0.2)
     raise AssertionError(f"{base} did not become ready")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    env.update(extra)
-    return env
 
 
 @pytest.fixture

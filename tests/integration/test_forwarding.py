@@ -3,7 +3,6 @@
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,14 @@ from receiver.db import open_pool
 from receiver.forward import Forwarder, http_client
 from receiver.providers import messente
 from receiver.settings import Settings
-from tests.conftest import AUTH, MESSENTE_PASSWORD, AiohttpClient, eventually, make_settings
+from tests.conftest import (
+    AUTH,
+    MESSENTE_PASSWORD,
+    AiohttpClient,
+    clean_env,
+    eventually,
+    make_settings,
+)
 
 Client = TestClient[Any, Any]
 LOOPBACK = ("127.0.0.0/8", "::1/128")
@@ -415,8 +421,7 @@ async def test_a_forwarder_killed_mid_delivery_loses_nothing(
     await report(client, "omni-kill", "DELIVRD")
 
     subscriber.hang_first = True  # the first request never gets an answer
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    env.update(
+    env = clean_env(
         RECEIVER_DATABASE_URL=database_url,
         RECEIVER_FORWARD_ALLOW_NETWORKS=",".join(LOOPBACK),
         RECEIVER_FORWARD_LEASE="1",

@@ -18,7 +18,7 @@ from receiver.providers import messente
 from receiver.reports import Receipt, StatusUpdate
 from receiver.status import Status
 from receiver.store import store
-from tests.conftest import AUTH, MESSENTE_PASSWORD, eventually
+from tests.conftest import AUTH, MESSENTE_PASSWORD, eventually, someone_waits_on
 
 Client = TestClient[Any, Any]
 
@@ -34,12 +34,6 @@ async def ingestor(database_url: str) -> AsyncIterator[Ingestor]:
         ing.start()
         yield ing
         await ing.close()
-
-
-async def someone_waits_on(db: asyncpg.Connection, holder: asyncpg.Connection) -> bool:
-    """Whether a session is waiting for a lock that `holder` has."""
-    waiting = "select count(*) > 0 from pg_stat_activity where $1 = any(pg_blocking_pids(pid))"
-    return bool(await db.fetchval(waiting, holder.get_server_pid()))
 
 
 async def meanwhile_another_writer(

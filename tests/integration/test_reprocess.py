@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import os
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -14,6 +13,7 @@ from receiver.db import open_pool
 from receiver.ingest import Ingestor
 from receiver.reports import new_id
 from receiver.reprocess import reprocess
+from tests.conftest import clean_env
 from tests.payloads import raw
 
 
@@ -88,8 +88,7 @@ async def test_the_reprocess_command_reads_a_time_range(
     old = await keep(db, "infobip", "webhook", raw("infobip", "sms_v3_report.json"), "x")
     await db.execute("update receipts set received_at = '2024-01-01T00:00:00Z' where id = $1", old)
     await keep(db, "infobip", "webhook", raw("infobip", "omni_report.json"), "y")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    env["RECEIVER_DATABASE_URL"] = database_url
+    env = clean_env(RECEIVER_DATABASE_URL=database_url)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -3,7 +3,6 @@ goes away, two service processes on one database. Whatever was acknowledged is s
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import uuid
@@ -19,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from receiver.providers import messente
-from tests.conftest import API_TOKEN, AUTH, MESSENTE_PASSWORD, free_port
+from tests.conftest import API_TOKEN, AUTH, MESSENTE_PASSWORD, clean_env, free_port
 
 Client = TestClient[Any, Any]
 
@@ -44,8 +43,7 @@ def signed(omni: str, status: str = "DELIVRD") -> tuple[bytes, dict[str, str]]:
 async def service(database_url: str, **env_extra: str) -> AsyncIterator[tuple[str, Any]]:
     """`python -m receiver serve` as its own process."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    env.update(
+    env = clean_env(
         RECEIVER_DATABASE_URL=database_url,
         RECEIVER_PORT=str(port),
         RECEIVER_API_TOKENS=API_TOKEN,

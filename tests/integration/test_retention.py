@@ -15,7 +15,7 @@ from receiver.ingest import Ingestor
 from receiver.reports import Receipt, StatusUpdate, new_id
 from receiver.retention import prune
 from receiver.status import Status
-from tests.conftest import AiohttpClient, eventually, make_settings
+from tests.conftest import AiohttpClient, eventually, make_settings, someone_waits_on
 
 DAY = 86400.0
 
@@ -173,12 +173,7 @@ async def test_a_report_for_a_message_deleted_under_its_batch_starts_it_afresh(
         late = asyncio.ensure_future(
             ingestor.submit(receipt(), [update("m", "d", Status.DELIVERED)])
         )
-        waiting = "select count(*) > 0 from pg_stat_activity where $1 = any(pg_blocking_pids(pid))"
-
-        async def blocked() -> bool:
-            return bool(await db.fetchval(waiting, pruning.get_server_pid()))
-
-        await eventually(blocked)
+        await eventually(lambda: someone_waits_on(db, pruning))
         await deleting.commit()
         result = await late
     finally:

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from receiver.db import open_pool
-from receiver.ingest import Ingestor, IngestResult
+from receiver.ingest import Ingestor
 from receiver.keys import INGESTOR
 from receiver.providers import messente
 from receiver.reports import Receipt, StatusUpdate
@@ -36,27 +36,37 @@ async def ingestor(database_url: str) -> AsyncIterator[Ingestor]:
         await ing.close()
 
 
-async def meanwhile_another_writer(
-    database_url: str,
-    db: asyncpg.Connection,
-    ingestor: Ingestor,
-    own: Sequence[tuple[Receipt, Sequence[StatusUpdate]]],
-    other: Sequence[tuple[Receipt, Sequence[StatusUpdate]]],
-) -> list[IngestResult]:
-    """Submit `own` to the ingestor while another writer (a second process) has written `other`
-    and not yet committed. The ingestor reads the messages as they were before, its write
-    then waits on the other's rows, and finds them changed (or created) once it commits."""
+async def sent_while_another_writer_delivers(
+    database_url: str, db: asyncpg.Connection, ingestor: Ingestor, keys: Sequence[str]
+) -> None:
+    """Submit "sent" for each key to the ingestor while another writer (a second process) has
+    stored "delivered" for them and not yet committed. The ingestor reads the messages as they
+    were before, its write then waits on the other's rows, and finds them changed (or created)
+    once it commits: it must retry, and each report is still one new event."""
+    other = [
+        (Receipt("messente", "webhook", b"b"), [update(k, "dlr", Status.DELIVERED) for k in keys])
+    ]
     conn = await asyncpg.connect(database_url)
     try:
         writing = conn.transaction()
         await writing.start()
         await store(conn, other)
-        ours = asyncio.gather(*(ingestor.submit(receipt, updates) for receipt, updates in own))
-        await eventually(lambda: someone_waits_on(db, conn))
-        await writing.commit()
-        return await ours
+        with capture_logs() as logs:
+            ours = asyncio.gather(
+                *(
+                    ingestor.submit(
+                        Receipt("messente", "webhook", b"a"), [update(k, "sent", Status.SENT)]
+                    )
+                    for k in keys
+                )
+            )
+            await eventually(lambda: someone_waits_on(db, conn))
+            await writing.commit()
+            results = await ours
     finally:
         await conn.close()
+    assert all(r.new_events == 1 for r in results)
+    assert any(e["event"] == "ingest.retry" and "SerializationError" in e["reason"] for e in logs)
 
 
 async def test_concurrent_submissions_share_transactions(
@@ -130,14 +140,7 @@ async def test_a_message_created_under_a_batch_is_retried_not_lost(
     # Brand-new messages to the ingestor, created by another writer after the ingestor read
     # them as absent: its insert must not silently do nothing, it must retry and fold in.
     keys = [f"race-{i}" for i in range(50)]
-    other = [
-        (Receipt("messente", "webhook", b"b"), [update(k, "dlr", Status.DELIVERED) for k in keys])
-    ]
-    own = [(Receipt("messente", "webhook", b"a"), [update(k, "sent", Status.SENT)]) for k in keys]
-    with capture_logs() as logs:
-        results = await meanwhile_another_writer(database_url, db, ingestor, own, other)
-    assert all(r.new_events == 1 for r in results)
-    assert any(e["event"] == "ingest.retry" and "SerializationError" in e["reason"] for e in logs)
+    await sent_while_another_writer_delivers(database_url, db, ingestor, keys)
     assert await db.fetchval("select count(*) from events") == 2 * 50
     rows = await db.fetch("select status, version from messages")
     assert len(rows) == 50
@@ -154,14 +157,7 @@ async def test_a_message_changed_under_a_batch_is_retried_not_overwritten(
     keys = [f"stored-{i}" for i in range(50)]
     seed = [update(k, "accepted", Status.ACCEPTED) for k in keys]
     await ingestor.submit(Receipt("messente", "webhook", b"seed"), seed)
-    other = [
-        (Receipt("messente", "webhook", b"b"), [update(k, "dlr", Status.DELIVERED) for k in keys])
-    ]
-    own = [(Receipt("messente", "webhook", b"a"), [update(k, "sent", Status.SENT)]) for k in keys]
-    with capture_logs() as logs:
-        results = await meanwhile_another_writer(database_url, db, ingestor, own, other)
-    assert all(r.new_events == 1 for r in results)
-    assert any(e["event"] == "ingest.retry" and "SerializationError" in e["reason"] for e in logs)
+    await sent_while_another_writer_delivers(database_url, db, ingestor, keys)
     assert await db.fetchval("select count(*) from events") == 3 * 50
     rows = await db.fetch("select status, version from messages")
     # Seeded (version 0), updated by the other writer, then once by the ingestor's retry.

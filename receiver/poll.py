@@ -268,8 +268,7 @@ class Poller:
                 parsed = infobip.parse_webhook(body, "application/json", _now())
             except InvalidReport as exc:
                 parsed = Parsed([], [str(exc)])
-            problem = "; ".join(parsed.problems) or None
-            receipt = Receipt(infobip.NAME, "poll", body, "application/json", problem)
+            receipt = Receipt(infobip.NAME, "poll", body, "application/json", parsed.problem)
             await self._store_until_committed(receipt, parsed.updates)
             if not parsed.updates:
                 return  # drained (or unreadable: kept raw, try again next round)

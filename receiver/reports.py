@@ -99,6 +99,11 @@ class Parsed:
     updates: list[StatusUpdate]
     problems: list[str] = field(default_factory=list)
 
+    @property
+    def problem(self) -> str | None:
+        """What the receipt keeps: every problem, or None when all of it was read."""
+        return "; ".join(self.problems) or None
+
 
 class InvalidReport(ValueError):  # noqa: N818 - reads better than InvalidReportError
     """The body cannot be read as this provider's report at all."""

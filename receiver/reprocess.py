@@ -76,15 +76,14 @@ async def _again(ingestor: Ingestor, row: asyncpg.Record) -> tuple[int, bool]:
         parsed = provider.parse_webhook(row["body"], row["content_type"], row["received_at"])
     except InvalidReport as exc:
         parsed = Parsed([], [str(exc)])
-    problem = "; ".join(parsed.problems) or None
     receipt = Receipt(
         row["provider"],
         row["source"],
         row["body"],
         row["content_type"],
-        problem,
+        parsed.problem,
         id=row["id"],
         kept=True,
     )
     result = await ingestor.submit(receipt, parsed.updates)
-    return result.new_events, (problem or result.problem) is not None
+    return result.new_events, (parsed.problem or result.problem) is not None

@@ -54,8 +54,7 @@ async def receive(request: web.Request) -> web.Response:
             400, "invalid_report", str(exc), extra={"receipt_id": str(receipt.id)}
         ) from exc
 
-    problems = "; ".join(parsed.problems) or None
-    receipt = Receipt(provider.name, "webhook", body, content_type, problem=problems)
+    receipt = Receipt(provider.name, "webhook", body, content_type, problem=parsed.problem)
     result = await ingestor.submit(receipt, parsed.updates)
     # Facts for the request's one log line (written by the access-log middleware).
     structlog.contextvars.bind_contextvars(

@@ -1,4 +1,5 @@
-"""The command line: `python -m receiver serve | migrate | forward | poll | prune | reprocess`."""
+"""The command line: `python -m receiver serve | migrate | project | forward | poll | prune |
+reprocess`."""
 
 import argparse
 import asyncio
@@ -17,13 +18,14 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from receiver import logs, migrate
-from receiver.app import create_app, make_ingestor
+from receiver.app import create_app, journal_running, projector_running
 from receiver.db import open_pool
 from receiver.embedded import embedded_postgres
 from receiver.forward import Forwarder, http_client
 from receiver.poll import Poller
 from receiver.poll import http_client as poll_client
-from receiver.reprocess import reprocess
+from receiver.providers import PROVIDERS
+from receiver.reprocess import print_progress, reprocess, summary
 from receiver.retention import Retention
 from receiver.settings import Settings
 
@@ -76,16 +78,24 @@ async def _forward(settings: Settings) -> None:
 
 async def _poll(settings: Settings) -> None:
     """The poller alone, for running it apart from the HTTP service."""
-    async with _migrated_pool(settings) as pool, poll_client(settings) as session:
-        ingestor = make_ingestor(pool, settings)
-        ingestor.start()
-        poller = Poller(pool, ingestor, session, settings)
+    async with (
+        _migrated_pool(settings) as pool,
+        poll_client(settings) as session,
+        journal_running(pool, settings) as journal,
+    ):
+        poller = Poller(pool, journal, session, settings)
         _stop_on_signals(poller.stop)
         log.info("poll.start")
-        try:
-            await poller.run()
-        finally:
-            await ingestor.close()
+        await poller.run()
+
+
+async def _project(settings: Settings) -> None:
+    """The projector alone: any number of them take turns with those inside serve."""
+    stopped = asyncio.Event()
+    async with _migrated_pool(settings) as pool, projector_running(pool, settings):
+        _stop_on_signals(stopped.set)
+        log.info("project.start")
+        await stopped.wait()
 
 
 async def _prune(settings: Settings) -> None:
@@ -96,21 +106,36 @@ async def _prune(settings: Settings) -> None:
         await Retention(pool, settings).prune_once()
 
 
-async def _reprocess(
-    settings: Settings, everything: bool, since: datetime | None, until: datetime | None
-) -> None:
-    """Kept receipts through today's parsers, into the one ingest path."""
+async def _reprocess(settings: Settings, args: argparse.Namespace) -> None:
+    """Stored receipts through today's parsers and mappings, what changed into the journal."""
+    options = {
+        "everything": args.all,
+        "since": args.since,
+        "until": args.until,
+        "provider": args.provider,
+        "progress": print_progress,
+    }
     async with _migrated_pool(settings) as pool:
-        ingestor = make_ingestor(pool, settings)
-        ingestor.start()
-        try:
-            done = await reprocess(pool, ingestor, everything=everything, since=since, until=until)
-        finally:
-            await ingestor.close()
+        if args.dry_run:
+            done = await reprocess(pool, None, **options)
+        else:
+            async with (
+                journal_running(pool, settings) as journal,
+                projector_running(pool, settings) as projector,
+            ):
+                done = await reprocess(pool, journal, **options)
+                # Done means visible: wait until this run's corrections are projected.
+                if done.last is not None:
+                    while not await projector.wait_for(done.last, 60):
+                        log.info("reprocess.waiting_for_projection")
+    for line in summary(done):
+        print(("would change " if args.dry_run else "changed ") + line)
     log.info(
         "reprocess.done",
+        dry_run=args.dry_run,
         receipts=done.receipts,
         new_events=done.new_events,
+        corrected=done.corrected,
         still_problems=done.still_problems,
     )
 
@@ -133,7 +158,7 @@ def _serve(settings: Settings) -> None:
         _serve_workers(settings)
         return
     app = create_app(settings)
-    app.on_startup.append(_freeze_the_heap)  # runs after the pool, ingestor and loops are up
+    app.on_startup.append(_freeze_the_heap)  # runs after the pool, journal and loops are up
     web.run_app(
         app,
         host=settings.host,
@@ -176,13 +201,21 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP service (migrates first)")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
+    commands.add_parser("project", help="run only the projector (serve runs one too)")
     commands.add_parser("forward", help="run only the forwarder (serve runs one too)")
     commands.add_parser("poll", help="run only the poller (serve runs one too)")
     commands.add_parser("prune", help="delete what RECEIVER_RETENTION_DAYS says is old, once")
     again = commands.add_parser(
-        "reprocess", help="read kept receipts that had a problem again, with today's parsers"
+        "reprocess",
+        help="read stored receipts again with today's parsers and mappings; apply what changed",
     )
-    again.add_argument("--all", action="store_true", help="every kept receipt, not only those")
+    again.add_argument(
+        "--all", action="store_true", help="every receipt, not only those that kept a problem"
+    )
+    again.add_argument("--provider", choices=sorted(PROVIDERS), help="only this provider's")
+    again.add_argument(
+        "--dry-run", action="store_true", help="count what would change; write nothing"
+    )
     again.add_argument("--since", type=_moment, help="received at or after (ISO 8601)")
     again.add_argument("--until", type=_moment, help="received before (ISO 8601)")
     args = parser.parse_args(argv)
@@ -198,8 +231,10 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_poll(settings))
         elif args.command == "prune":
             asyncio.run(_prune(settings))
+        elif args.command == "project":
+            asyncio.run(_project(settings))
         elif args.command == "reprocess":
-            asyncio.run(_reprocess(settings, args.all, args.since, args.until))
+            asyncio.run(_reprocess(settings, args))
         else:
             log.info("serve.start", host=settings.host, port=settings.port)
             _serve(settings)

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from receiver import queries
 from receiver.db import connection, is_transient
 from receiver.errors import ApiError
+from receiver.ingest import queries as ingest_queries
 from receiver.jsonio import dumps, json_response, loads
-from receiver.keys import INGESTOR, METRICS, POOL
+from receiver.keys import JOURNAL, METRICS, POOL, PROJECTOR
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Provider, Registration, describe
 from receiver.reports import InvalidReport, Receipt
@@ -24,6 +25,9 @@ from receiver.status import Status
 log = structlog.get_logger()
 
 _Q = TypeVar("_Q", bound=BaseModel)
+
+# How long a registration waits for the projector before answering 202 instead of 201.
+_REGISTRATION_WAIT = 10.0
 
 
 class _RegistrationBody(BaseModel):
@@ -60,15 +64,22 @@ async def register(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_send_response", str(exc)) from exc
 
     receipt = Receipt(provider.name, "send", body, request.headers.get("Content-Type"))
-    result = await request.app[INGESTOR].submit(receipt, updates)
-    if result.problem:
-        raise ApiError(422, "not_stored", result.problem)
+    position = await request.app[JOURNAL].append(receipt, updates)
     keys = sorted({u.message_key for u in updates})
+    # Read-your-writes: the answer lists the messages once the projector has applied them.
+    visible = await request.app[PROJECTOR].wait_for(position, _REGISTRATION_WAIT)
+    if not visible:
+        # Durable all the same (journaled); only not yet visible. Registering again is safe.
+        log.warning("send.not_yet_visible", provider=provider.name, messages=len(keys))
+        return json_response(
+            {"receipt_id": str(receipt.id), "messages": [], "visible": False}, status=202
+        )
     async with connection(request.app[POOL]) as conn:
         rows = await queries.message_summaries(conn, provider.name, keys)
     log.info("send.registered", provider=provider.name, messages=len(keys))
     return json_response(
-        {"messages": [_summary(r) for r in rows], "new_events": result.new_events}, status=201
+        {"receipt_id": str(receipt.id), "messages": [_summary(r) for r in rows], "visible": True},
+        status=201,
     )
 
 
@@ -181,14 +192,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers; the body says how far behind the projection is."""
     try:
         async with connection(request.app[POOL]) as conn:
-            await conn.fetchval("select 1", timeout=2)
+            rows, lag = await ingest_queries.backlog(conn)
     except Exception as exc:
         if not is_transient(exc):
             raise
         raise ApiError(503, "not_ready", "database unreachable") from exc
-    return json_response({"status": "ready"})
+    return json_response(
+        {"status": "ready", "projection": {"backlog_rows": rows, "lag_seconds": round(lag, 3)}}
+    )
 
 
 def _summary(row: asyncpg.Record) -> dict[str, Any]:
@@ -331,8 +345,14 @@ async def metrics(request: web.Request) -> web.Response:
         async with connection(request.app[POOL]) as conn:
             pending = await conn.fetchval("select count(*) from deliveries where state = 'pending'")
             dead = await conn.fetchval("select count(*) from deliveries where state = 'dead'")
+            rows, lag = await ingest_queries.backlog(conn)
         gauges["dlr_forward_pending"] = ("Deliveries waiting to be sent or retried.", pending)
         gauges["dlr_forward_dead"] = ("Dead-lettered deliveries (replayable).", dead)
+        gauges["dlr_projection_backlog_rows"] = ("Journal rows not yet projected.", rows)
+        gauges["dlr_projection_lag_seconds"] = (
+            "Age of the oldest journal row not yet projected (0 when caught up).",
+            lag,
+        )
     except Exception as exc:
         if not is_transient(exc):
             raise

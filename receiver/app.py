@@ -2,17 +2,20 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 
 import asyncpg
 from aiohttp import web
 
 from receiver import api, migrate, subscriptions, webhooks
 from receiver.auth import bearer_middleware
-from receiver.db import open_pool
+from receiver.db import connection, log_loop_failure, open_pool
 from receiver.errors import body_limit_middleware, errors_middleware
 from receiver.forward import Forwarder, http_client
-from receiver.ingest import Ingestor
-from receiver.keys import INGESTOR, METRICS, POOL, SETTINGS
+from receiver.ingest.journal import Journal
+from receiver.ingest.projector import Projector
+from receiver.ingest.queries import ensure_partitions
+from receiver.keys import JOURNAL, METRICS, POOL, PROJECTOR, SETTINGS
 from receiver.logs import access_log_middleware
 from receiver.metrics import Metrics
 from receiver.poll import Poller
@@ -66,6 +69,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_ingest)
+    app.cleanup_ctx.append(_projection)
     if settings.forward_enabled:
         app.cleanup_ctx.append(_forwarding)
     if settings.poll_enabled:
@@ -75,17 +79,62 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def make_ingestor(
+def make_journal(pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None) -> Journal:
+    return Journal(pool, settings.ingest_max_batch, settings.ingest_max_inflight, metrics=metrics)
+
+
+def make_projector(
     pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
-) -> Ingestor:
-    return Ingestor(
+) -> Projector:
+    return Projector(
         pool,
-        settings.ingest_max_batch,
-        settings.ingest_max_inflight,
+        max_updates=settings.project_max_batch,
+        idle_poll=settings.project_idle_poll,
         polled_providers=[p.name for p in PROVIDERS.values() if p.poll is not None],
         first_poll_in=settings.poll_min_interval,
         metrics=metrics,
     )
+
+
+@asynccontextmanager
+async def journal_running(
+    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[Journal]:
+    """The journal writer, and its day partitions made ahead (at start, then hourly)."""
+    journal = make_journal(pool, settings, metrics)
+    journal.start()
+    partitions = asyncio.create_task(_keep_partitions(pool), name="journal-partitions")
+    try:
+        yield journal
+    finally:
+        partitions.cancel()
+        with suppress(asyncio.CancelledError):
+            await partitions
+        await journal.close()
+
+
+async def _keep_partitions(pool: asyncpg.Pool) -> None:
+    while True:
+        try:
+            async with connection(pool) as conn:
+                await ensure_partitions(conn, days_ahead=7)
+        except Exception as exc:
+            # Not urgent: a week is made ahead, and the default partition takes any overflow.
+            log_loop_failure("journal.partitions", exc)
+        await asyncio.sleep(3600)
+
+
+@asynccontextmanager
+async def projector_running(
+    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[Projector]:
+    projector = make_projector(pool, settings, metrics)
+    task = asyncio.create_task(projector.run(), name="project")
+    try:
+        yield projector
+    finally:
+        projector.stop()
+        await task
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -99,12 +148,22 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _ingest(app: web.Application) -> AsyncIterator[None]:
+    async with journal_running(app[POOL], app[SETTINGS], app[METRICS]) as journal:
+        app[JOURNAL] = journal
+        yield
+
+
+async def _projection(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    ingestor = make_ingestor(app[POOL], settings, app[METRICS])
-    ingestor.start()
-    app[INGESTOR] = ingestor
-    yield
-    await ingestor.close()
+    if not settings.project_enabled:
+        # Another process projects; registrations here still wait for it to catch up.
+        app[PROJECTOR] = make_projector(app[POOL], settings, app[METRICS])
+        yield
+        return
+    async with projector_running(app[POOL], settings, app[METRICS]) as projector:
+        app[PROJECTOR] = projector
+        app[JOURNAL].on_commit = projector.wake
+        yield
 
 
 async def _forwarding(app: web.Application) -> AsyncIterator[None]:
@@ -126,7 +185,7 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
 
 async def _polling(app: web.Application) -> AsyncIterator[None]:
     async with poll_client(app[SETTINGS]) as session:
-        poller = Poller(app[POOL], app[INGESTOR], session, app[SETTINGS], app[METRICS])
+        poller = Poller(app[POOL], app[JOURNAL], session, app[SETTINGS], app[METRICS])
         task = asyncio.create_task(poller.run(), name="poll")
         yield
         poller.stop()

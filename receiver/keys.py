@@ -3,11 +3,14 @@
 import asyncpg
 from aiohttp import web
 
-from receiver.ingest import Ingestor
+from receiver.ingest.journal import Journal
+from receiver.ingest.projector import Projector
 from receiver.metrics import Metrics
 from receiver.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
-INGESTOR = web.AppKey("ingestor", Ingestor)
+JOURNAL = web.AppKey("journal", Journal)
+# Always present: it runs only where projection is enabled, but every process can wait on it.
+PROJECTOR = web.AppKey("projector", Projector)
 METRICS = web.AppKey("metrics", Metrics)

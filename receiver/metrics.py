@@ -4,8 +4,11 @@ from collections import defaultdict
 
 _HELP = {
     "dlr_webhook_requests_total": "Provider webhook requests by provider and HTTP status.",
-    "dlr_reports_total": "Status updates ingested, by provider and outcome (new, duplicate).",
-    "dlr_ingest_transactions_total": "Group-commit transactions committed.",
+    "dlr_reports_total": "Status updates projected, by provider and outcome (new, duplicate).",
+    "dlr_ingest_transactions_total": "Journal group-commit transactions committed.",
+    "dlr_projection_batches_total": "Projection transactions committed.",
+    "dlr_projected_rows_total": "Journal rows projected.",
+    "dlr_projection_poisoned_total": "Journal rows with reports that could not be projected.",
     "dlr_forward_attempts_total": "Delivery attempts to subscribers, by result.",
     "dlr_poll_requests_total": "Requests to provider status APIs, by provider and result.",
     "dlr_retention_deleted_total": "Rows deleted by retention, by kind.",

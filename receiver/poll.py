@@ -1,5 +1,5 @@
 """The poller: asks the providers' status endpoints where pushing is absent or incomplete, and
-hands what it learns to the same ingest path as webhooks (a report both pushed and polled is
+hands what it learns to the same journal as webhooks (a report both pushed and polled is
 one event)."""
 
 import asyncio
@@ -15,7 +15,7 @@ import structlog
 
 from receiver import poll_queries
 from receiver.db import connection, log_loop_failure
-from receiver.ingest import Ingestor
+from receiver.ingest.journal import Journal
 from receiver.metrics import Metrics
 from receiver.providers import PROVIDERS, infobip
 from receiver.providers.base import PollError, PollTarget, Provider
@@ -59,14 +59,14 @@ class Poller:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        ingestor: Ingestor,
+        journal: Journal,
         session: aiohttp.ClientSession,
         settings: Settings,
         metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
         self._metrics = metrics or Metrics()
-        self._ingestor = ingestor
+        self._journal = journal
         self._session = session
         self._settings = settings
         self._stopping = asyncio.Event()
@@ -178,9 +178,12 @@ class Poller:
         if fetched.body:
             problem = "; ".join(fetched.problems) or None
             receipt = Receipt(provider.name, "poll", fetched.body, "application/json", problem)
-            result = await self._ingestor.submit(receipt, fetched.updates)
+            await self._journal.append(receipt, fetched.updates)
             log.info(
-                "poll.fetched", provider=provider.name, target=target.key, new=result.new_events
+                "poll.fetched",
+                provider=provider.name,
+                target=target.key,
+                reports=len(fetched.updates),
             )
         elif fetched.problems:
             log.info(
@@ -279,7 +282,7 @@ class Poller:
         delay = 0.5
         while True:
             try:
-                await self._ingestor.submit(receipt, updates)
+                await self._journal.append(receipt, updates)
                 return
             except Exception as exc:
                 log.error(

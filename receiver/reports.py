@@ -46,6 +46,9 @@ class StatusUpdate:
     reference: str | None = None
     channel_order: tuple[str, ...] | None = None
     registered: bool = False
+    # Re-mapping (python -m receiver reprocess): the dedup key of the stored event this one
+    # corrects. The status rules then use this in its place; both stay on the timeline.
+    corrects: str | None = None
 
     @property
     def details(self) -> dict[str, Any]:
@@ -87,9 +90,9 @@ class Receipt:
     content_type: str | None = None
     problem: str | None = None
     id: uuid.UUID = field(default_factory=new_id)
-    # Already stored, and being read again (python -m receiver reprocess): its row is kept and
-    # only its problem is written anew.
-    kept: bool = False
+    # Set by python -m receiver reprocess: the stored receipt whose body this one read again.
+    # Its events point there, and this receipt's own body is left empty.
+    replays: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ In this order, a batch per statement so no transaction runs long or locks much:
 1. settled deliveries (delivered or dead) created before the cutoff, with their attempts;
 2. messages created and last updated before the cutoff, with their events and aliases (the
    foreign keys cascade; events refuse any other delete);
-3. raw receipts received before the cutoff that no remaining event refers to.
+3. the journal (raw receipts) a day at a time: each day partition that ended before the
+   cutoff and that projection has passed is dropped whole, not deleted row by row.
 
 Pending deliveries are never deleted. A message still changing is kept, all of it, however old
 it is. Several processes may prune at once: rows another is deleting are skipped, not waited
@@ -13,7 +14,6 @@ for. A report arriving for a message already deleted starts it afresh.
 
 import asyncio
 import time
-import uuid
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +23,6 @@ import structlog
 
 from receiver.db import connection, log_loop_failure
 from receiver.metrics import Metrics
-from receiver.reports import first_id_at
 from receiver.settings import Settings
 
 log = structlog.get_logger()
@@ -37,7 +36,7 @@ EVERY = 3600.0
 class Pruned:
     deliveries: int = 0
     messages: int = 0
-    receipts: int = 0
+    journal_days: int = 0
 
 
 _DELIVERIES = """
@@ -72,23 +71,9 @@ _MESSAGES = """
     select count(*) from gone
 """
 
-# Receipts are walked by key, a window of `batch` at a time: old receipts that an event still
-# refers to stay, and must not be looked at again and again.
-_RECEIPTS = """
-    with win as (
-        select id from receipts where id > $3 and id < $4 order by id limit $2
-    ), doomed as (
-        select r.id from receipts r join win on win.id = r.id
-        where r.received_at < $1
-          and not exists (select 1 from events e where e.receipt_id = r.id)
-        for update of r skip locked
-    ), gone as (
-        delete from receipts r using doomed where r.id = doomed.id returning 1
-    )
-    select (select count(*) from gone) as deleted,
-           (select count(*) from win) as seen,
-           (select id from win order by id desc limit 1) as last
-"""
+# Dropping a partition takes a lock on the journal that inserts wait behind: never wait long
+# for it (a long query on the journal, say); the next pass tries again.
+_JOURNAL = "select journal_drop_partitions($1)"
 
 
 async def prune(
@@ -112,18 +97,10 @@ async def prune(
             if deleted < batch:
                 break
 
-    # Receipt ids are time-ordered: older ones sort below this bound. Older ids that are not
-    # time-ordered (none are written any more) are left alone.
-    bound = first_id_at(before.timestamp())
-    after = uuid.UUID(int=0)
-    while not stop():
-        async with connection(pool) as conn:
-            row = await conn.fetchrow(_RECEIPTS, before, batch, after, bound)
-        assert row is not None
-        pruned.receipts += row["deleted"]
-        if row["seen"] < batch:
-            break
-        after = row["last"]
+    if not stop():
+        async with connection(pool) as conn, conn.transaction():
+            await conn.execute("set local lock_timeout = '2s'")
+            pruned.journal_days = await conn.fetchval(_JOURNAL, before)
     return pruned
 
 
@@ -163,7 +140,7 @@ class Retention:
             before=before.isoformat(),
             deliveries=pruned.deliveries,
             messages=pruned.messages,
-            receipts=pruned.receipts,
+            journal_days=pruned.journal_days,
             seconds=round(time.monotonic() - started, 1),
         )
         return pruned

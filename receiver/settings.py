@@ -64,10 +64,16 @@ class Settings(BaseSettings):
     # Largest request body accepted, in bytes. Infobip's default bucket of 100 reports is far
     # below this; the limit exists so a hostile client cannot make us buffer arbitrary amounts.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
-    # Group commit: at most this many status updates go into one transaction, and at most this
-    # many transactions run at once. Reports arriving meanwhile wait for the next batch.
+    # Group commit of the journal: at most this many requests go into one transaction, and at
+    # most this many transactions run at once. Requests arriving meanwhile wait for the next.
     ingest_max_batch: int = Field(default=2000, gt=0)
     ingest_max_inflight: int = Field(default=2, gt=0)
+    # The projector inside serve (turn off when running `python -m receiver project` apart),
+    # the most status updates it applies in one transaction, and how often an idle projector
+    # looks for journal rows written by other processes (its own wake it at once).
+    project_enabled: bool = True
+    project_max_batch: int = Field(default=5000, gt=0)
+    project_idle_poll: float = Field(default=0.5, gt=0)
     db_pool_size: int = Field(default=10, gt=1)
 
     # Retention: messages nobody has touched for this many days are deleted with their events,

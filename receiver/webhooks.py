@@ -1,4 +1,4 @@
-"""Provider side: `POST /webhooks/{provider}`. Verify the raw bytes, parse, ingest, answer."""
+"""Provider side: `POST /webhooks/{provider}`. Verify the raw bytes, parse, journal, answer."""
 
 from datetime import UTC, datetime
 
@@ -7,7 +7,7 @@ from aiohttp import hdrs, web
 
 from receiver.errors import ApiError
 from receiver.jsonio import json_response
-from receiver.keys import INGESTOR, SETTINGS
+from receiver.keys import JOURNAL, SETTINGS
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Provider, Verification
 from receiver.reports import InvalidReport, Receipt
@@ -42,34 +42,29 @@ async def receive(request: web.Request) -> web.Response:
         raise ApiError(401, "invalid_signature", f"signature {verdict.value}")
 
     content_type = request.headers.get(hdrs.CONTENT_TYPE)
-    ingestor = request.app[INGESTOR]
+    journal = request.app[JOURNAL]
     try:
         parsed = provider.parse_webhook(body, content_type, datetime.now(UTC))
     except InvalidReport as exc:
         # Authenticated but unreadable: keep the raw body, so a parser fix can still recover it.
         receipt = Receipt(provider.name, "webhook", body, content_type, problem=str(exc))
-        await ingestor.submit(receipt, [])
+        await journal.append(receipt, [])
         log.warning("webhook.invalid", provider=provider.name, problem=str(exc))
         raise ApiError(
             400, "invalid_report", str(exc), extra={"receipt_id": str(receipt.id)}
         ) from exc
 
     receipt = Receipt(provider.name, "webhook", body, content_type, problem=parsed.problem)
-    result = await ingestor.submit(receipt, parsed.updates)
+    # Committed to the journal is acknowledged: the timeline follows a moment later.
+    await journal.append(receipt, parsed.updates)
     # Facts for the request's one log line (written by the access-log middleware).
     structlog.contextvars.bind_contextvars(
-        provider=provider.name,
-        reports=len(parsed.updates),
-        new=result.new_events,
-        duplicates=result.duplicates,
-        problems=len(parsed.problems),
+        provider=provider.name, reports=len(parsed.updates), problems=len(parsed.problems)
     )
     return json_response(
         {
             "receipt_id": str(receipt.id),
             "reports": len(parsed.updates),
-            "new_events": result.new_events,
-            "duplicates": result.duplicates,
-            "problems": parsed.problems + ([result.problem] if result.problem else []),
+            "problems": parsed.problems,
         }
     )

@@ -12,12 +12,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
 from receiver import migrate
 from receiver.app import create_app
 from receiver.embedded import embedded_postgres
+from receiver.ingest import queries as ingest_queries
+from receiver.keys import POOL
 from receiver.settings import Settings
 
 API_TOKEN = "test-token"
@@ -144,9 +147,38 @@ def settings(database_url: str) -> Settings:
     return make_settings(database_url)
 
 
+async def projected(app: web.Application, within: float = 10.0) -> None:
+    """Until the projector has applied every journal row committed so far."""
+
+    async def caught_up() -> bool:
+        async with app[POOL].acquire() as conn:
+            rows, _ = await ingest_queries.backlog(conn)
+        return rows == 0
+
+    await eventually(caught_up, within)
+
+
 @pytest.fixture
 async def client(settings: Settings, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
+    """The app behind a real HTTP client. Reads of /v1 see every report acknowledged before
+    them: each first waits for the projector to catch up (tests of the visibility delay
+    itself use `raw_client`)."""
     # settings (and so the database) first: fixtures tear down in reverse, and the app must
     # stop before its database is dropped.
+    result: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+    request = result._request
+
+    async def read_your_writes(method: str, path: Any, **kwargs: Any) -> Any:
+        if method == "GET" and str(path).startswith("/v1/"):
+            await projected(result.app)
+        return await request(method, path, **kwargs)
+
+    result._request = read_your_writes  # type: ignore[method-assign]
+    return result
+
+
+@pytest.fixture
+async def raw_client(settings: Settings, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
+    """The app behind a real HTTP client, reads not waiting for projection."""
     result: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
     return result

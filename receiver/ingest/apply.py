@@ -1,20 +1,20 @@
-"""One batch's work: read the messages it touches with their events, apply the status rules,
-and write receipts, messages, aliases, events and deliveries in one statement."""
+"""One projection batch: read the messages it touches with their events, apply the status
+rules, and write messages, aliases, events and deliveries in one statement."""
 
 import hashlib
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from operator import attrgetter
 from typing import Any
 
 import asyncpg
 
-from receiver import queries
 from receiver.db import Conn
+from receiver.ingest import queries
 from receiver.jsonio import jsonb_text
-from receiver.reports import Receipt, StatusUpdate
+from receiver.reports import StatusUpdate
 from receiver.status import Observation, Outcome, Status, compose
 
 
@@ -37,26 +37,33 @@ class StatusChange:
         return "evt_" + hashlib.blake2b(name, digest_size=16).hexdigest()
 
 
-async def store(
+@dataclass(frozen=True)
+class Entry:
+    """A journal row as projection needs it: where its events point, and when it arrived."""
+
+    receipt_id: uuid.UUID
+    source: str
+    received_at: datetime
+
+
+async def apply(
     conn: Conn,
-    batch: Sequence[tuple[Receipt, Sequence[StatusUpdate]]],
+    batch: Sequence[tuple[Entry, Sequence[StatusUpdate]]],
     polled_providers: Sequence[str] = (),
     first_poll_in: float = 30.0,
 ) -> list[int]:
-    """One batch in two statements: read the messages it touches with their events, then
-    write receipts, messages, aliases, events and deliveries at once (its own transaction).
+    """Apply journal entries to the timeline: read the messages they touch with their events,
+    run the status rules, then write messages, aliases, events and deliveries in one statement.
 
-    Between the two the status rules run here, in Python (receiver/status.py), on everything
-    the message has: stored events and this batch's new ones. Nothing is locked meanwhile: if
-    another transaction changes one of these messages first, the write fails with a
-    serialization failure and the caller runs the batch again. Returns, per receipt, how many
-    of its updates were new events (the rest were duplicates).
+    The status rules run here, in Python (receiver/status.py), on everything the message has:
+    stored events and this batch's new ones. The write is checked against what was read: if
+    another transaction changed one of these messages meanwhile (retention deleting it, say),
+    it fails with a serialization failure and the caller runs the batch again. Returns, per
+    entry, how many of its updates were new events (the rest were duplicates).
     """
     new_counts = [0] * len(batch)
     pairs = [
-        (index, receipt, update)
-        for index, (receipt, updates) in enumerate(batch)
-        for update in updates
+        (index, entry, update) for index, (entry, updates) in enumerate(batch) for update in updates
     ]
     keys = sorted({(u.provider, u.message_key) for _, _, u in pairs})
     states: dict[tuple[str, str], _State] = {key: _State() for key in keys}
@@ -64,38 +71,42 @@ async def store(
         for stored in await queries.read_messages(conn, keys):
             states[(stored["provider"], stored["key"])].load(stored)
 
-    new_events: list[tuple[Receipt, StatusUpdate]] = []
+    events: list[queries.EventRow] = []
     unmapped: Counter[tuple[str, str]] = Counter()
-    for index, receipt, update in pairs:
+    for index, entry, update in pairs:
         state = states[(update.provider, update.message_key)]
         state.merge_info(update)
         if update.dedup_key in state.dedup_keys:
             continue  # rule 2: seen before (retry, or pushed and polled), or twice in this batch
         state.dedup_keys.add(update.dedup_key)
         state.has_new_events = True
-        state.events.append(_Event.new(update, receipt.source, len(new_events)))
-        new_events.append((receipt, update))
+        state.events.append(_Event.new(update, entry.source, len(events)))
+        events.append(
+            queries.EventRow.of(update, entry.source, entry.receipt_id, entry.received_at)
+        )
         new_counts[index] += 1
         if update.unmapped:
             unmapped[(update.provider, update.provider_status or "")] += 1
 
-    message_rows: list[dict[str, Any]] = []
+    messages: list[queries.MessageRow] = []
     changes: list[StatusChange] = []
     for key, state in states.items():
         row, change = state.settle(key, key[0] in polled_providers)
         if row is not None:
-            message_rows.append(row)
+            messages.append(row)
         if change is not None:
             changes.append(change)
 
     await queries.write_batch(
         conn,
-        receipts=[receipt for receipt, _ in batch],
-        messages=_columns(message_rows, (*queries.MESSAGE_COLUMNS, "existed", "version")),
+        messages=messages,
         aliases=sorted({(u.provider, a, u.message_key) for _, _, u in pairs for a in u.aliases}),
-        events=_event_columns(new_events),
-        unmapped=dict(unmapped),
-        deliveries=_columns([_delivery_row(c) for c in changes], queries.DELIVERY_COLUMNS),
+        events=events,
+        unmapped=[
+            queries.UnmappedRow(provider, status, count)
+            for (provider, status), count in sorted(unmapped.items())
+        ],
+        deliveries=[_delivery_row(c) for c in changes],
         first_poll_in=first_poll_in,
     )
     return new_counts
@@ -116,6 +127,9 @@ class _Event:
     error_text: str | None
     permanent: bool | None
     source: str
+    # The dedup key this event speaks for: its own, or the one it corrects (re-mapping).
+    root: str
+    correction: bool = False
 
     @classmethod
     def new(cls, u: StatusUpdate, source: str, index: int) -> "_Event":
@@ -131,6 +145,8 @@ class _Event:
             u.error_text,
             u.permanent,
             source,
+            u.corrects or u.dedup_key,
+            u.corrects is not None,
         )
 
 
@@ -182,6 +198,8 @@ class _State:
                     row["error_text"],
                     row["permanent"],
                     row["source"],
+                    row["corrects"] or row["dedup_key"],
+                    row["corrects"] is not None,
                 )
             )
 
@@ -200,11 +218,12 @@ class _State:
 
     def settle(
         self, key: tuple[str, str], polled: bool
-    ) -> tuple[dict[str, Any] | None, StatusChange | None]:
+    ) -> tuple[queries.MessageRow | None, StatusChange | None]:
         """Rules 3 and 4 over every event; the row to write (None: unchanged) and the change."""
-        observations = [Observation(e.status, e.occurred_at, e.channel) for e in self.events]
+        events = _effective(self.events)
+        observations = [Observation(e.status, e.occurred_at, e.channel) for e in events]
         outcome = compose(observations, self.info["channel_order"] or ())
-        attempt_ids = {e.channel: e.attempt_id for e in self.events if e.channel and e.attempt_id}
+        attempt_ids = {e.channel: e.attempt_id for e in events if e.channel and e.attempt_id}
         attempts = [
             {
                 "channel": a.channel,
@@ -219,20 +238,7 @@ class _State:
         old_seq: int = old["seq"] if old else 0
         moved = outcome.status.value != old_status
         seq = old_seq + int(moved)
-        row = {
-            "provider": key[0],
-            "key": key[1],
-            **self.info,
-            "channel_order": ",".join(self.info["channel_order"] or ()) or None,
-            "status": outcome.status.value,
-            "status_at": outcome.occurred_at,
-            "channel": outcome.channel,
-            "attempts": jsonb_text(attempts),
-            "seq": seq,
-            "poll": polled and old is None,
-            "existed": old is not None,
-            "version": old["version"] if old else 0,
-        }
+        info = self.info
         unchanged = (
             old is not None
             and not self.has_new_events
@@ -241,50 +247,64 @@ class _State:
                 old["attempts"] == attempts
                 and old["status_at"] == outcome.occurred_at
                 and old["channel"] == outcome.channel
-                and old["recipient"] == self.info["recipient"]
-                and old["group_key"] == self.info["group_key"]
-                and old["reference"] == self.info["reference"]
+                and old["recipient"] == info["recipient"]
+                and old["group_key"] == info["group_key"]
+                and old["reference"] == info["reference"]
                 and (tuple(old["channel_order"]) if old["channel_order"] else None)
-                == self.info["channel_order"]
-                and old["registered"] == self.info["registered"]
+                == info["channel_order"]
+                and old["registered"] == info["registered"]
             )
         )
         change = None
         if moved:
             # A message that never had a status before has no previous one to report.
             previous = Status(old_status) if old_seq > 0 else None
-            payload = _payload(
-                key, self.info, outcome, previous, seq, _deciding(self.events, outcome)
-            )
+            payload = _payload(key, info, outcome, previous, seq, _deciding(events, outcome))
             change = StatusChange(key[0], key[1], previous, outcome.status, seq, payload)
-        return (None if unchanged else row), change
+        if unchanged:
+            return None, change
+        row = queries.MessageRow(
+            provider=key[0],
+            key=key[1],
+            recipient=info["recipient"],
+            group_key=info["group_key"],
+            reference=info["reference"],
+            channel_order=list(info["channel_order"]) if info["channel_order"] else None,
+            registered=info["registered"],
+            status=outcome.status.value,
+            status_at=outcome.occurred_at,
+            channel=outcome.channel,
+            attempts=jsonb_text(attempts),
+            seq=seq,
+            poll=polled and old is None,
+            existed=old is not None,
+            version=old["version"] if old else 0,
+        )
+        return row, change
 
 
-def _columns(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
-    return {name: [row[name] for row in rows] for name in names}
+def _effective(events: list[_Event]) -> list[_Event]:
+    """The events the status rules see: for each dedup key, the newest correction of it, or
+    the event itself when nothing corrected it (almost always: no copy is made then)."""
+    if not any(e.correction for e in events):
+        return events
+    newest: dict[str, _Event] = {}
+    for e in events:
+        if e.root not in newest or e.order > newest[e.root].order:
+            newest[e.root] = e
+    return sorted(newest.values(), key=lambda e: e.order)
 
 
-# An update's own event columns, in queries.EVENT_COLUMNS order (its receipt adds the rest).
-_EVENT_FIELDS = attrgetter(*queries.EVENT_COLUMNS[:12])
-
-
-def _event_columns(new_events: Sequence[tuple[Receipt, StatusUpdate]]) -> dict[str, list[Any]]:
-    """The events as one list per column, transposed in C: this runs for every report."""
-    rows = [(*_EVENT_FIELDS(u), r.source, r.id, u.details_json) for r, u in new_events]
-    columns = [list(column) for column in zip(*rows, strict=True)] if rows else None
-    return {name: columns[i] if columns else [] for i, name in enumerate(queries.EVENT_COLUMNS)}
-
-
-def _delivery_row(change: StatusChange) -> dict[str, Any]:
+def _delivery_row(change: StatusChange) -> queries.DeliveryRow:
     envelope = {"type": "message.status", "id": change.event_id, "data": change.payload}
-    return {
-        "provider": change.provider,
-        "message_key": change.key,
-        "seq": change.seq,
-        "status": change.status.value,
-        "event_id": change.event_id,
-        "payload": jsonb_text(envelope),
-    }
+    return queries.DeliveryRow(
+        provider=change.provider,
+        message_key=change.key,
+        seq=change.seq,
+        status=change.status.value,
+        event_id=change.event_id,
+        payload=jsonb_text(envelope),
+    )
 
 
 def _deciding(events: list[_Event], outcome: Outcome) -> _Event | None:

@@ -1,0 +1,1 @@
+"""Ingest: the journal (the acknowledgement path) and the projector (the timeline behind it)."""

@@ -1,0 +1,134 @@
+"""The acknowledgement path: group commit of journal rows, one per request, from every source.
+
+Concurrent requests hand their receipt (raw body) and parsed updates to one Journal. It gathers
+whatever is waiting into a single INSERT of many rows, and answers each request only after
+that commits: acknowledged means durable. Nothing else is written here; the projector applies
+the journal to the timeline behind it. While one batch commits the next gathers, so batches
+grow with load and a lone request waits for nobody.
+"""
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from receiver.db import connection, is_transient
+from receiver.ingest import codec, queries
+from receiver.ingest.queries import JournalRow
+from receiver.metrics import Metrics
+from receiver.reports import Receipt, StatusUpdate
+
+log = structlog.get_logger()
+
+# A second transaction beside a running one pays only when this many requests wait: each
+# commit costs Postgres a fixed amount whatever it carries, so a few single reports are better
+# off riding the next batch together, and a flood is better off with two commits at once.
+_OVERLAP_AT = 32
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a committed journal row sits in projection order."""
+
+    xid: int
+    id: int
+
+
+@dataclass
+class _Submission:
+    row: JournalRow
+    future: asyncio.Future[Position]
+
+
+class Journal:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        max_batch: int = 2000,
+        max_inflight: int = 2,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._pool = pool
+        self._metrics = metrics or Metrics()
+        self._max_batch = max_batch
+        self._max_inflight = max_inflight
+        self._inflight = 0
+        self._pending: deque[_Submission] = deque()
+        self._wakeup = asyncio.Event()
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+        # Called after each commit: the projector in this process starts at once.
+        self.on_commit: Callable[[], None] = lambda: None
+        # Committed transactions, for /metrics and for tests that check batching happens.
+        self.transactions = 0
+
+    async def append(self, receipt: Receipt, updates: Sequence[StatusUpdate]) -> Position:
+        """Store a receipt and its updates; returns once they are committed."""
+        if self._runner is None or self._closing:
+            raise RuntimeError("the journal is not running")
+        row = JournalRow.of(receipt, codec.encode(list(updates)), len(updates))
+        future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Submission(row, future))
+        self._wakeup.set()
+        return await future
+
+    @property
+    def inflight(self) -> int:
+        """Transactions being written right now."""
+        return self._inflight
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run(), name="journal")
+
+    async def close(self) -> None:
+        """Finish everything already submitted, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._runner is not None:
+            await self._runner
+        await asyncio.gather(*self._flushes, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while not self._closing or self._pending:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            # Not starting while the database is busy is what lets the next batch grow.
+            while self._pending and self._may_start():
+                batch = [
+                    self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))
+                ]
+                self._inflight += 1
+                task = asyncio.create_task(self._flush(batch))
+                self._flushes.add(task)
+                task.add_done_callback(self._flushes.discard)
+
+    def _may_start(self) -> bool:
+        if self._inflight == 0:
+            return True
+        return self._inflight < self._max_inflight and len(self._pending) >= _OVERLAP_AT
+
+    async def _flush(self, batch: list[_Submission]) -> None:
+        try:
+            async with connection(self._pool) as conn:
+                positions = await queries.append(conn, [item.row for item in batch])
+        except Exception as exc:
+            if not is_transient(exc):
+                log.exception("journal.write_failed", requests=len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        else:
+            self.transactions += 1
+            self._metrics.inc("dlr_ingest_transactions_total")
+            for item, (xid, id_) in zip(batch, positions, strict=True):
+                if not item.future.done():
+                    item.future.set_result(Position(xid, id_))
+            self.on_commit()
+        finally:
+            self._inflight -= 1
+            self._wakeup.set()  # room for the next batch

@@ -1,0 +1,401 @@
+"""The SQL of ingest: appending to the journal, and projecting it onto the timeline.
+
+Rows of many columns travel as typed rows: a dataclass per row, sent as one JSON array and
+read back by column name (json_to_recordset), so no positional order has to agree anywhere.
+"""
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import pydantic_core
+
+from receiver.db import Conn
+from receiver.forward_queries import CHANNEL as NOTIFY_CHANNEL
+from receiver.reports import Receipt, StatusUpdate
+
+# The journal
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    receipt_id: uuid.UUID
+    provider: str
+    source: str
+    content_type: str | None
+    body: bytes
+    problem: str | None
+    updates: bytes
+    update_count: int
+    replays: uuid.UUID | None
+
+    @classmethod
+    def of(cls, receipt: Receipt, updates: bytes, count: int) -> "JournalRow":
+        return cls(
+            receipt.id,
+            receipt.provider,
+            receipt.source,
+            _text(receipt.content_type),
+            receipt.body,
+            # A problem may quote the input, NUL included, which text columns refuse.
+            _text(receipt.problem),
+            updates,
+            count,
+            receipt.replays,
+        )
+
+
+def _text(value: str | None) -> str | None:
+    return value.replace("\x00", "\\x00") if value and "\x00" in value else value
+
+
+async def append(conn: Conn, rows: Sequence[JournalRow]) -> list[tuple[int, int]]:
+    """Many requests' rows in one statement, its own transaction: the group commit. Returns
+    each row's (xid, id), its place in projection order, in the order given."""
+    # Arrays of one column each: the acknowledgement path's only statement, and binary
+    # arrays are the cheapest way in for asyncpg and Postgres alike.
+    found = await conn.fetch(
+        """
+        insert into journal (receipt_id, provider, source, content_type, body, problem,
+                             updates, update_count, replays)
+        select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                             $6::text[], $7::bytea[], $8::int[], $9::uuid[])
+        returning receipt_id, xid::text::bigint, id
+        """,
+        [r.receipt_id for r in rows],
+        [r.provider for r in rows],
+        [r.source for r in rows],
+        [r.content_type for r in rows],
+        [r.body for r in rows],
+        [r.problem for r in rows],
+        [r.updates for r in rows],
+        [r.update_count for r in rows],
+        [r.replays for r in rows],
+    )
+    positions = {r["receipt_id"]: (r["xid"], r["id"]) for r in found}
+    return [positions[r.receipt_id] for r in rows]
+
+
+async def ensure_partitions(conn: Conn, days_ahead: int) -> int:
+    """Day partitions from today to `days_ahead` days on; returns how many were created."""
+    created: int = await conn.fetchval(
+        "select journal_ensure_partitions(current_date, current_date + $1::int)", days_ahead
+    )
+    return created
+
+
+# Projection
+
+
+async def lock_progress(conn: Conn) -> tuple[int, int]:
+    """Take the projection turn (inside a transaction): other projectors wait for it."""
+    row = await conn.fetchrow(
+        "select xid::text::bigint, id from projection_progress where lane = 0 for update"
+    )
+    assert row is not None, "projection_progress is seeded by migration 0007"
+    return row["xid"], row["id"]
+
+
+async def progress(conn: Conn) -> tuple[int, int]:
+    """How far projection has got, without waiting for a projector's turn."""
+    row = await conn.fetchrow(
+        "select xid::text::bigint, id from projection_progress where lane = 0"
+    )
+    assert row is not None, "projection_progress is seeded by migration 0007"
+    return row["xid"], row["id"]
+
+
+async def read_journal(
+    conn: Conn, after: tuple[int, int], max_rows: int, max_updates: int
+) -> list[asyncpg.Record]:
+    """The next journal rows in (xid, id) order, up to max_updates updates (at least one row).
+
+    Only rows of transactions older than the oldest one still running: a transaction still
+    open may yet commit rows with lower ids than rows already visible, and the watermark must
+    never pass them. Every transaction below that bound has ended, so nothing can appear
+    behind the watermark later.
+    """
+    return await conn.fetch(
+        """
+        select xid, id, receipt_id, provider, source, received_at, updates, replays
+        from (
+            select j.xid::text::bigint as xid, j.id, j.receipt_id, j.provider, j.source,
+                   j.received_at, j.updates, j.replays, j.update_count,
+                   sum(j.update_count) over (order by j.xid, j.id) as upto
+            from journal j
+            where (j.xid, j.id) > ($1::text::xid8, $2)
+              and j.xid < pg_snapshot_xmin(pg_current_snapshot())
+            order by j.xid, j.id
+            limit $3
+        ) next
+        -- The first row always qualifies (nothing before it), however many updates it has.
+        where upto - update_count < $4
+        order by xid, id
+        """,
+        str(after[0]),
+        after[1],
+        max_rows,
+        max_updates,
+    )
+
+
+async def advance(conn: Conn, to: tuple[int, int]) -> None:
+    await conn.execute(
+        """
+        update projection_progress set xid = $1::text::xid8, id = $2, updated_at = now()
+        where lane = 0
+        """,
+        str(to[0]),
+        to[1],
+    )
+
+
+async def note_problem(conn: Conn, at: tuple[int, int], problem: str) -> None:
+    """A journal row the projector could not apply in full: the reason joins its problem."""
+    await conn.execute(
+        """
+        update journal set problem = concat_ws('; ', problem, $3::text)
+        where xid = $1::text::xid8 and id = $2
+        """,
+        str(at[0]),
+        at[1],
+        _text(problem),
+    )
+
+
+async def backlog(conn: Conn) -> tuple[int, float]:
+    """Journal rows not yet projected, and how long the oldest of them has waited (s)."""
+    row = await conn.fetchrow(
+        """
+        select count(*) as rows,
+               coalesce(extract(epoch from now() - min(j.received_at)), 0)::float8 as lag
+        from journal j, projection_progress p
+        where p.lane = 0 and (j.xid, j.id) > (p.xid, p.id)
+        """
+    )
+    assert row is not None
+    return row["rows"], row["lag"]
+
+
+async def read_messages(conn: Conn, keys: Sequence[tuple[str, str]]) -> list[asyncpg.Record]:
+    """The stored messages among these keys, one row per event (event columns null if none).
+
+    One statement, so one snapshot: a message and its events agree.
+    """
+    return await conn.fetch(
+        """
+        select m.provider, m.key, m.version, m.status, m.status_at, m.channel, m.attempts, m.seq,
+               m.channel_order, m.recipient, m.reference, m.group_key,
+               m.registered_at is not null as registered,
+               e.id as event_id, e.dedup_key, e.status as event_status, e.occurred_at,
+               e.channel as event_channel, e.attempt_id, e.provider_status, e.provider_code,
+               e.error_code, e.error_text, e.permanent, e.source, e.corrects
+        from unnest($1::text[], $2::text[]) as k(provider, key)
+        join messages m on m.provider = k.provider and m.key = k.key
+        left join events e on e.provider = m.provider and e.message_key = m.key
+        order by m.provider, m.key, e.id
+        """,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    provider: str
+    key: str
+    recipient: str | None
+    group_key: str | None
+    reference: str | None
+    channel_order: list[str] | None
+    registered: bool
+    status: str
+    status_at: datetime | None
+    channel: str | None
+    attempts: str  # jsonb text
+    seq: int
+    poll: bool  # schedule a first poll (a new message of a polled provider)
+    existed: bool
+    version: int  # the version it was read at
+
+
+@dataclass(frozen=True)
+class EventRow:
+    provider: str
+    message_key: str
+    dedup_key: str
+    status: str
+    provider_status: str | None
+    provider_code: str | None
+    error_code: str | None
+    error_text: str | None
+    permanent: bool | None
+    channel: str | None
+    attempt_id: str | None
+    occurred_at: datetime | None
+    received_at: datetime
+    source: str
+    receipt_id: uuid.UUID
+    details: str  # jsonb text
+    corrects: str | None
+
+    @classmethod
+    def of(
+        cls, u: StatusUpdate, source: str, receipt_id: uuid.UUID, received_at: datetime
+    ) -> "EventRow":
+        return cls(
+            u.provider,
+            u.message_key,
+            u.dedup_key,
+            u.status.value,
+            u.provider_status,
+            u.provider_code,
+            u.error_code,
+            u.error_text,
+            u.permanent,
+            u.channel,
+            u.attempt_id,
+            u.occurred_at,
+            received_at,
+            source,
+            receipt_id,
+            u.details_json,
+            u.corrects,
+        )
+
+
+@dataclass(frozen=True)
+class UnmappedRow:
+    provider: str
+    provider_status: str
+    count: int
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    provider: str
+    message_key: str
+    seq: int
+    status: str
+    event_id: str
+    payload: str  # jsonb text
+
+
+def _json(rows: Sequence[object]) -> str:
+    return pydantic_core.to_json(rows).decode()
+
+
+async def write_batch(
+    conn: Conn,
+    *,
+    messages: Sequence[MessageRow],
+    aliases: Sequence[tuple[str, str, str]],
+    events: Sequence[EventRow],
+    unmapped: Sequence[UnmappedRow],
+    deliveries: Sequence[DeliveryRow],
+    first_poll_in: float,
+) -> None:
+    """Everything a projection batch changes, in one statement.
+
+    Rules that live here: a stored message is updated only at the version it was read at, a
+    new one inserted only if still absent (else ingest_check_written raises a serialization
+    failure and the batch runs again); events are only ever inserted, and a dedup key already
+    stored for a message is skipped (rule 2); an alias already pointing at a message stays;
+    each status change queues one delivery per matching enabled subscription, and the NOTIFY
+    that wakes the forwarders is delivered only if this commits. Foreign keys are checked at
+    the end of the statement, so events may reference messages inserted by it.
+    """
+    await conn.execute(
+        """
+        with u as (
+            select * from json_to_recordset($1::json) as u(
+                provider text, key text, recipient text, group_key text, reference text,
+                channel_order text[], registered bool, status text, status_at timestamptz,
+                channel text, attempts text, seq int, poll bool, existed bool, version bigint)
+        ), messages_updated as (
+            -- Stored messages, only at the version the batch computed them from.
+            update messages m set
+                recipient = u.recipient, group_key = u.group_key, reference = u.reference,
+                channel_order = u.channel_order,
+                registered_at = coalesce(m.registered_at, case when u.registered then now() end),
+                status = u.status, status_at = u.status_at, channel = u.channel,
+                attempts = u.attempts::jsonb, seq = u.seq, updated_at = now(),
+                version = m.version + 1
+            from u
+            where u.existed and m.provider = u.provider and m.key = u.key
+              and m.version = u.version
+            returning 1
+        ), messages_inserted as (
+            -- New messages: inserted only if nobody else has meanwhile (never overwritten).
+            insert into messages (provider, key, recipient, group_key, reference,
+                                  channel_order, registered_at, status, status_at, channel,
+                                  attempts, seq, next_poll_at)
+            select u.provider, u.key, u.recipient, u.group_key, u.reference, u.channel_order,
+                   case when u.registered then now() end,
+                   u.status, u.status_at, u.channel, u.attempts::jsonb, u.seq,
+                   case when u.poll then now() + make_interval(secs => $6) end
+            from u
+            where not u.existed
+            on conflict (provider, key) do nothing
+            returning 1
+        ), aliases_in as (
+            insert into aliases (provider, alias, message_key)
+            select * from unnest($2::text[], $3::text[], $4::text[])
+            on conflict do nothing
+        ), events_in as (
+            insert into events (provider, message_key, dedup_key, status, provider_status,
+                                provider_code, error_code, error_text, permanent, channel,
+                                attempt_id, occurred_at, received_at, projected_at, source,
+                                receipt_id, details, corrects)
+            select provider, message_key, dedup_key, status, provider_status, provider_code,
+                   error_code, error_text, permanent, channel, attempt_id, occurred_at,
+                   received_at, clock_timestamp(), source, receipt_id, details::jsonb, corrects
+            from json_to_recordset($5::json) as e(
+                provider text, message_key text, dedup_key text, status text,
+                provider_status text, provider_code text, error_code text, error_text text,
+                permanent bool, channel text, attempt_id text, occurred_at timestamptz,
+                received_at timestamptz, source text, receipt_id uuid, details text,
+                corrects text)
+            on conflict (provider, message_key, dedup_key) do nothing
+        ), unmapped_in as (
+            insert into unmapped as um (provider, provider_status, count)
+            select * from json_to_recordset($7::json)
+                 as x(provider text, provider_status text, count bigint)
+            on conflict (provider, provider_status) do update
+                set count = um.count + excluded.count, last_seen = now()
+        ), deliveries_in as (
+            insert into deliveries (id, subscription_id, event_id, provider, message_key, seq,
+                                    status, payload)
+            select gen_random_uuid(), s.id, c.event_id, c.provider, c.message_key, c.seq,
+                   c.status, c.payload::jsonb
+            from json_to_recordset($8::json) as c(
+                provider text, message_key text, seq int, status text, event_id text,
+                payload text)
+            join subscriptions s
+              on s.enabled
+             and (s.statuses is null or c.status = any(s.statuses))
+             and (s.providers is null or c.provider = any(s.providers))
+            on conflict (subscription_id, event_id) do nothing
+            returning 1
+        ), notified as (
+            -- Wakes the forwarders, once, and only when this commits with something queued.
+            select pg_notify($9, '') from (select 1 from deliveries_in limit 1) as queued
+        )
+        select ingest_check_written(
+                   (select count(*) from u),
+                   (select count(*) from messages_updated)
+                   + (select count(*) from messages_inserted)),
+               (select count(*) from notified) as notified
+        """,
+        _json(messages),
+        [a[0] for a in aliases],
+        [a[1] for a in aliases],
+        [a[2] for a in aliases],
+        _json(events),
+        first_poll_in,
+        _json(unmapped),
+        _json(deliveries),
+        NOTIFY_CHANNEL,
+    )

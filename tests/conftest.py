@@ -5,7 +5,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -18,9 +18,13 @@ from pydantic import SecretStr
 
 from receiver import migrate
 from receiver.app import create_app
+from receiver.db import open_pool
 from receiver.embedded import embedded_postgres
 from receiver.ingest import queries as ingest_queries
+from receiver.ingest.journal import Journal
+from receiver.ingest.projector import Projector
 from receiver.keys import POOL
+from receiver.reports import Receipt, StatusUpdate
 from receiver.settings import Settings
 
 API_TOKEN = "test-token"
@@ -128,6 +132,27 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
+Store = Callable[[Receipt, Sequence[StatusUpdate]], Awaitable[None]]
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """Journal a receipt and its updates, then project them: stored, as ingest does it,
+    without an app around it."""
+    async with open_pool(database_url, 4) as pool:
+        journal = Journal(pool)
+        journal.start()
+        projector = Projector(pool)
+
+        async def journal_and_project(receipt: Receipt, updates: Sequence[StatusUpdate]) -> None:
+            await journal.append(receipt, updates)
+            while await projector.project_once():
+                pass
+
+        yield journal_and_project
+        await journal.close()
+
+
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": SecretStr(database_url),
@@ -158,13 +183,10 @@ async def projected(app: web.Application, within: float = 10.0) -> None:
     await eventually(caught_up, within)
 
 
-@pytest.fixture
-async def client(settings: Settings, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
+async def make_client(aiohttp_client: AiohttpClient, settings: Settings) -> TestClient[Any, Any]:
     """The app behind a real HTTP client. Reads of /v1 see every report acknowledged before
     them: each first waits for the projector to catch up (tests of the visibility delay
     itself use `raw_client`)."""
-    # settings (and so the database) first: fixtures tear down in reverse, and the app must
-    # stop before its database is dropped.
     result: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
     request = result._request
 
@@ -175,6 +197,13 @@ async def client(settings: Settings, aiohttp_client: AiohttpClient) -> TestClien
 
     result._request = read_your_writes  # type: ignore[method-assign]
     return result
+
+
+@pytest.fixture
+async def client(settings: Settings, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
+    # settings (and so the database) first: fixtures tear down in reverse, and the app must
+    # stop before its database is dropped.
+    return await make_client(aiohttp_client, settings)
 
 
 @pytest.fixture

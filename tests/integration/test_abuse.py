@@ -8,9 +8,8 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from receiver.app import create_app
 from receiver.providers import messente
-from tests.conftest import MESSENTE_PASSWORD, AiohttpClient, make_settings
+from tests.conftest import MESSENTE_PASSWORD, AiohttpClient, make_client, make_settings
 
 Client = TestClient[Any, Any]
 
@@ -30,7 +29,7 @@ def signed(omni: str) -> tuple[bytes, dict[str, str]]:
 async def test_a_body_over_the_limit_is_refused_before_it_is_read(
     database_url: str, aiohttp_client: AiohttpClient, db: asyncpg.Connection
 ) -> None:
-    client = await aiohttp_client(create_app(make_settings(database_url, max_body_bytes=4096)))
+    client = await make_client(aiohttp_client, make_settings(database_url, max_body_bytes=4096))
     host, port = client.server.host, client.server.port
     reader, writer = await asyncio.open_connection(host, port)
     # Announce 100 MB and send only the headers: the answer must not wait for the body.
@@ -42,7 +41,7 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_read(
     status_line = await asyncio.wait_for(reader.readline(), timeout=5)
     assert b" 413 " in status_line
     writer.close()
-    assert await db.fetchval("select count(*) from receipts") == 0
+    assert await db.fetchval("select count(*) from journal") == 0
 
 
 async def test_slow_clients_do_not_starve_good_reports(client: Client) -> None:
@@ -84,4 +83,4 @@ async def test_a_flood_of_bad_signatures_is_refused_without_touching_the_databas
     )
     assert results[:500] == [401] * 500
     assert results[500:] == [200] * 20
-    assert await db.fetchval("select count(*) from receipts") == 20
+    assert await db.fetchval("select count(*) from journal") == 20

@@ -28,6 +28,7 @@ from tests.conftest import (
     AiohttpClient,
     clean_env,
     eventually,
+    make_client,
     make_settings,
 )
 
@@ -92,7 +93,7 @@ def forwarding_settings(database_url: str, **overrides: Any) -> Settings:
 
 @pytest.fixture
 async def fclient(database_url: str, aiohttp_client: AiohttpClient) -> Client:
-    client: Client = await aiohttp_client(create_app(forwarding_settings(database_url)))
+    client: Client = await make_client(aiohttp_client, forwarding_settings(database_url))
     return client
 
 
@@ -344,7 +345,7 @@ async def test_two_forwarders_on_one_database_deliver_each_event_once(
 ) -> None:
     # The app only ingests here; two separate forwarders, each with its own pool, deliver.
     settings = forwarding_settings(database_url, forward_enabled=False)
-    client = await aiohttp_client(create_app(settings))
+    client = await make_client(aiohttp_client, settings)
     await subscribe(client, subscriber.url)
     for i in range(40):
         await report(client, f"omni-two-{i}", "DELIVRD")
@@ -388,7 +389,7 @@ async def test_deliveries_that_finish_together_are_settled_together(
     server = TestServer(app)
     await server.start_server()
     settings = forwarding_settings(database_url, forward_enabled=False)
-    client = await aiohttp_client(create_app(settings))
+    client = await make_client(aiohttp_client, settings)
     try:
         await subscribe(client, str(server.make_url("/hook")))
         for i in range(20):
@@ -416,7 +417,7 @@ async def test_a_forwarder_killed_mid_delivery_loses_nothing(
     database_url: str, aiohttp_client: AiohttpClient, subscriber: Subscriber, db: asyncpg.Connection
 ) -> None:
     settings = forwarding_settings(database_url, forward_enabled=False)
-    client = await aiohttp_client(create_app(settings))
+    client = await make_client(aiohttp_client, settings)
     await subscribe(client, subscriber.url)
     await report(client, "omni-kill", "DELIVRD")
 

@@ -1,8 +1,10 @@
-"""The ingest path itself: group commit, isolation of a poisoned request, database outages."""
+"""The ingest path itself: the journal's group commit, the projector behind it (order,
+isolation of what cannot be stored, several projectors at once), database outages."""
 
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,12 +14,14 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from receiver.db import open_pool
-from receiver.ingest import Ingestor
-from receiver.keys import INGESTOR
+from receiver.ingest import codec
+from receiver.ingest.apply import Entry, apply
+from receiver.ingest.journal import Journal
+from receiver.ingest.projector import Projector
+from receiver.keys import JOURNAL
 from receiver.providers import messente
-from receiver.reports import Receipt, StatusUpdate
+from receiver.reports import Receipt, StatusUpdate, new_id
 from receiver.status import Status
-from receiver.store import store
 from tests.conftest import AUTH, MESSENTE_PASSWORD, eventually, someone_waits_on
 
 Client = TestClient[Any, Any]
@@ -27,79 +31,145 @@ def update(key: str, dedup: str = "d1", status: Status = Status.DELIVERED) -> St
     return StatusUpdate(provider="messente", message_key=key, status=status, dedup_key=dedup)
 
 
+def receipt(body: bytes = b"{}") -> Receipt:
+    return Receipt("messente", "webhook", body)
+
+
 @pytest.fixture
-async def ingestor(database_url: str) -> AsyncIterator[Ingestor]:
-    async with open_pool(database_url, 5) as pool:
-        ing = Ingestor(pool, max_batch=500, max_inflight=1)
-        ing.start()
-        yield ing
-        await ing.close()
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with open_pool(database_url, 6) as pool:
+        yield pool
 
 
-async def sent_while_another_writer_delivers(
-    database_url: str, db: asyncpg.Connection, ingestor: Ingestor, keys: Sequence[str]
+@pytest.fixture
+async def journal(pool: asyncpg.Pool) -> AsyncIterator[Journal]:
+    journal = Journal(pool, max_batch=500, max_inflight=1)
+    journal.start()
+    yield journal
+    await journal.close()
+
+
+async def project_all(projector: Projector) -> int:
+    """Run the projector until it finds nothing more; returns the rows it applied."""
+    total = 0
+    while done := await projector.project_once():
+        total += done
+    return total
+
+
+async def test_concurrent_appends_share_transactions(
+    journal: Journal, pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
-    """Submit "sent" for each key to the ingestor while another writer (a second process) has
-    stored "delivered" for them and not yet committed. The ingestor reads the messages as they
-    were before, its write then waits on the other's rows, and finds them changed (or created)
-    once it commits: it must retry, and each report is still one new event."""
-    other = [
-        (Receipt("messente", "webhook", b"b"), [update(k, "dlr", Status.DELIVERED) for k in keys])
-    ]
-    conn = await asyncpg.connect(database_url)
-    try:
-        writing = conn.transaction()
-        await writing.start()
-        await store(conn, other)
-        with capture_logs() as logs:
-            ours = asyncio.gather(
-                *(
-                    ingestor.submit(
-                        Receipt("messente", "webhook", b"a"), [update(k, "sent", Status.SENT)]
-                    )
-                    for k in keys
-                )
-            )
-            await eventually(lambda: someone_waits_on(db, conn))
-            await writing.commit()
-            results = await ours
-    finally:
-        await conn.close()
-    assert all(r.new_events == 1 for r in results)
-    assert any(e["event"] == "ingest.retry" and "SerializationError" in e["reason"] for e in logs)
-
-
-async def test_concurrent_submissions_share_transactions(
-    ingestor: Ingestor, db: asyncpg.Connection
-) -> None:
-    receipts = [Receipt("messente", "webhook", b"{}") for _ in range(50)]
-    results = await asyncio.gather(
-        *(ingestor.submit(r, [update(f"m{i}")]) for i, r in enumerate(receipts))
+    positions = await asyncio.gather(
+        *(journal.append(receipt(), [update(f"m{i}")]) for i in range(50))
     )
-    assert all(r.new_events == 1 for r in results)
-    assert await db.fetchval("select count(*) from events") == 50
+    assert len(set(positions)) == 50
     # With one transaction in flight at a time, the other 49 requests gather behind it.
-    assert ingestor.transactions < 50
+    assert journal.transactions < 50
+    assert await db.fetchval("select count(*) from journal") == 50
+    # Acknowledged is journaled, not yet projected: the timeline is written behind.
+    assert await db.fetchval("select count(*) from events") == 0
+    assert await project_all(Projector(pool)) == 50
+    assert await db.fetchval("select count(*) from events") == 50
 
 
-async def test_a_request_whose_data_cannot_be_stored_does_not_fail_the_others(
-    ingestor: Ingestor, db: asyncpg.Connection
+async def test_a_report_that_cannot_be_stored_costs_only_itself(
+    journal: Journal, pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
-    good = [Receipt("messente", "webhook", b"good") for _ in range(5)]
-    bad = Receipt("messente", "webhook", b"bad")
-    # Postgres refuses NUL in text; parsers strip it, this update skips the parser on purpose.
-    poisoned = update("m-bad", dedup="nul\x00key")
-    results = await asyncio.gather(
-        *(ingestor.submit(r, [update(f"m{i}")]) for i, r in enumerate(good)),
-        ingestor.submit(bad, [poisoned]),
-    )
-    assert [r.new_events for r in results[:5]] == [1] * 5
-    assert results[5].problem is not None
-    assert await db.fetchval("select count(*) from events") == 5
-    row = await db.fetchrow("select body, problem from receipts where id = $1", bad.id)
+    # Postgres refuses NUL in text; parsers strip it, these updates skip the parser on purpose.
+    good = [journal.append(receipt(b"good"), [update(f"m{i}")]) for i in range(5)]
+    bad = receipt(b"bad batch")
+    batch = [update("b0"), update("b1", dedup="nul\x00key"), update("b2"), update("b3")]
+    positions = await asyncio.gather(*good, journal.append(bad, batch))
+    projector = Projector(pool)
+    with capture_logs() as logs:
+        assert await project_all(projector) == 6
+    # The five requests around it and the three good reports beside it are all stored.
+    keys = {r["message_key"] for r in await db.fetch("select message_key from events")}
+    assert keys == {"m0", "m1", "m2", "m3", "m4", "b0", "b2", "b3"}
+    row = await db.fetchrow("select body, problem from journal where receipt_id = $1", bad.id)
     assert row is not None
-    assert row["body"] == b"bad"
-    assert "could not store" in row["problem"]
+    assert row["body"] == b"bad batch"  # kept, so a later fix can recover it
+    assert "could not project" in row["problem"]
+    assert "nul" in row["problem"]
+    assert [e["event"] for e in logs].count("project.poisoned") == 1
+    # And the projector has moved past it: what comes next is projected as usual.
+    assert projector.position == (positions[-1].xid, positions[-1].id)
+    await journal.append(receipt(), [update("after")])
+    assert await project_all(projector) == 1
+
+
+async def test_a_row_committed_late_with_a_lower_id_is_not_skipped(
+    journal: Journal, pool: asyncpg.Pool, database_url: str, db: asyncpg.Connection
+) -> None:
+    # Ids are taken at insert, rows become visible at commit: a transaction that took its id
+    # first may commit last. The watermark must not pass it while it is open.
+    slow = await asyncpg.connect(database_url)
+    try:
+        writing = slow.transaction()
+        await writing.start()
+        await slow.execute(
+            "insert into journal (receipt_id, provider, source, body, updates, update_count)"
+            " values ($1, 'messente', 'webhook', '', $2, 1)",
+            new_id(),
+            codec.encode([update("late")]),
+        )
+        await journal.append(receipt(), [update("early")])
+        projector = Projector(pool)
+        assert await project_all(projector) == 0  # "early" waits: "late" may still commit
+        await writing.commit()
+    finally:
+        await slow.close()
+    assert await project_all(projector) == 2
+    keys = {r["message_key"] for r in await db.fetch("select message_key from events")}
+    assert keys == {"late", "early"}
+
+
+async def test_two_projectors_apply_everything_once_and_in_rule_order(
+    journal: Journal, pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        "insert into subscriptions (id, url, secret) values (gen_random_uuid(), "
+        "'http://127.0.0.1:9/', 'whsec_AAAA')"
+    )
+    first, second = Projector(pool, max_updates=20), Projector(pool, max_updates=20)
+    runs = [asyncio.create_task(p.run()) for p in (first, second)]
+    journal.on_commit = lambda: (first.wake(), second.wake())
+    try:
+        # Ten messages, each reported accepted, sent, delivered and read, in mixed order and
+        # twice over (retries), from many concurrent requests.
+        statuses = [Status.READ, Status.ACCEPTED, Status.DELIVERED, Status.SENT]
+        await asyncio.gather(
+            *(
+                journal.append(receipt(), [update(f"m{i}", status.value, status)])
+                for _ in range(2)
+                for status in statuses
+                for i in range(10)
+            )
+        )
+
+        async def caught_up() -> bool:
+            backlog = "select count(*) from journal j, projection_progress p"
+            backlog += " where (j.xid, j.id) > (p.xid, p.id)"
+            return bool(await db.fetchval(backlog) == 0)
+
+        await eventually(caught_up)
+    finally:
+        first.stop()
+        second.stop()
+        await asyncio.gather(*runs)
+    assert first.batches > 0
+    assert second.batches > 0
+    assert await db.fetchval("select count(*) from events") == 40
+    rows = await db.fetch("select status, seq from messages")
+    assert {r["status"] for r in rows} == {"read"}
+    # Each status change announced once: the seqs of a message's deliveries are 1..n.
+    seqs = await db.fetch(
+        "select message_key, array_agg(seq order by seq) as seqs from deliveries group by 1"
+    )
+    for r in seqs:
+        assert r["seqs"] == list(range(1, len(r["seqs"]) + 1))
+    assert {r["seq"] for r in rows} == {len(r["seqs"]) for r in seqs}
 
 
 async def test_database_outage_answers_503_then_recovers_by_itself(
@@ -131,66 +201,73 @@ async def test_database_outage_answers_503_then_recovers_by_itself(
     assert (await client.get("/readyz")).status == 200
     message = await client.get("/v1/messages/messente/m1", headers=AUTH)
     assert (await message.json())["status"] == "delivered"
-    assert client.app[INGESTOR].transactions >= 1
+    assert client.app[JOURNAL].transactions >= 1
 
 
-async def test_a_message_created_under_a_batch_is_retried_not_lost(
-    ingestor: Ingestor, database_url: str, db: asyncpg.Connection
-) -> None:
-    # Brand-new messages to the ingestor, created by another writer after the ingestor read
-    # them as absent: its insert must not silently do nothing, it must retry and fold in.
-    keys = [f"race-{i}" for i in range(50)]
-    await sent_while_another_writer_delivers(database_url, db, ingestor, keys)
-    assert await db.fetchval("select count(*) from events") == 2 * 50
-    rows = await db.fetch("select status, version from messages")
-    assert len(rows) == 50
-    # Created by the other writer (version 0), then updated once by the ingestor's retry.
-    assert {(r["status"], r["version"]) for r in rows} == {("delivered", 1)}
+async def delivered_while_projecting(
+    database_url: str, db: asyncpg.Connection, projector: Projector, keys: Sequence[str]
+) -> int:
+    """Project "sent" for each key while another writer has written "delivered" for them and
+    not yet committed. The projector reads the messages as they were, its write then waits on
+    the other's rows and finds them changed once it commits: it must run the batch again."""
+    other = [(Entry(new_id(), "webhook", datetime.now(UTC)), [update(k, "dlr") for k in keys])]
+    conn = await asyncpg.connect(database_url)
+    try:
+        writing = conn.transaction()
+        await writing.start()
+        await apply(conn, other)
+        with capture_logs() as logs:
+            projecting = asyncio.create_task(project_all(projector))
+            await eventually(lambda: someone_waits_on(db, conn))
+            await writing.commit()
+            projected = await projecting
+    finally:
+        await conn.close()
+    assert any(e["event"] == "project.retry" and "SerializationError" in e["reason"] for e in logs)
+    return projected
 
 
 async def test_a_message_changed_under_a_batch_is_retried_not_overwritten(
-    ingestor: Ingestor, database_url: str, db: asyncpg.Connection
+    journal: Journal, pool: asyncpg.Pool, database_url: str, db: asyncpg.Connection
 ) -> None:
-    # Stored messages; another writer reports them delivered while the ingestor computes
-    # "sent" from what it read before. Written as computed, "sent" would overwrite
-    # "delivered": the version check must turn that into a retry from the new state.
+    # Projection takes turns, but other writers touch messages too (retention, say): a batch
+    # computed from what it read must not land over a change made since.
     keys = [f"stored-{i}" for i in range(50)]
-    seed = [update(k, "accepted", Status.ACCEPTED) for k in keys]
-    await ingestor.submit(Receipt("messente", "webhook", b"seed"), seed)
-    await sent_while_another_writer_delivers(database_url, db, ingestor, keys)
+    projector = Projector(pool)
+    await journal.append(receipt(), [update(k, "accepted", Status.ACCEPTED) for k in keys])
+    await project_all(projector)
+    await journal.append(receipt(), [update(k, "sent", Status.SENT) for k in keys])
+    assert await delivered_while_projecting(database_url, db, projector, keys) == 1
     assert await db.fetchval("select count(*) from events") == 3 * 50
     rows = await db.fetch("select status, version from messages")
-    # Seeded (version 0), updated by the other writer, then once by the ingestor's retry.
+    # Seeded (version 0), updated by the other writer, then once by the projector's retry.
     assert {(r["status"], r["version"]) for r in rows} == {("delivered", 2)}
 
 
-async def test_a_few_reports_arriving_during_a_write_wait_and_go_together(
-    database_url: str, db: asyncpg.Connection
+async def test_a_few_requests_arriving_during_a_commit_wait_and_go_together(
+    pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
     # Two transactions may run at once, but a second one is not worth its cost for a handful
     # of single reports: those arriving while a write is under way go together after it.
-    async with open_pool(database_url, 4) as pool:
-        ingestor = Ingestor(pool, max_inflight=2)
-        ingestor.start()
-        try:
-            await ingestor.submit(Receipt("messente", "webhook", b"seed"), [update("first", "s")])
-            # The next write to "first" waits on this row lock for as long as the test wants.
-            async with db.transaction():
-                await db.execute("select 1 from messages where key = 'first' for update")
-                first = asyncio.create_task(
-                    ingestor.submit(Receipt("messente", "webhook", b"0"), [update("first")])
-                )
-                await eventually(lambda: someone_waits_on(db, db))
-                rest = []
-                for i in range(20):
-                    receipt = Receipt("messente", "webhook", f"{i}".encode())
-                    rest.append(asyncio.create_task(ingestor.submit(receipt, [update(f"m{i}")])))
-                    await asyncio.sleep(0)  # each arrives on its own, as requests do
-                await asyncio.sleep(0.1)  # and nothing starts beside the blocked write
-                assert ingestor.inflight == 1
-            await asyncio.gather(first, *rest)
-        finally:
-            await ingestor.close()
+    journal = Journal(pool, max_inflight=2)
+    journal.start()
+    try:
+        await journal.append(receipt(b"seed"), [update("first", "s")])
+        # The next insert waits on this table lock for as long as the test wants.
+        async with db.transaction():
+            await db.execute("lock table journal in share mode")
+            first = asyncio.create_task(journal.append(receipt(b"0"), [update("first")]))
+            await eventually(lambda: someone_waits_on(db, db))
+            rest = []
+            for i in range(20):
+                each = receipt(f"{i}".encode())
+                rest.append(asyncio.create_task(journal.append(each, [update(f"m{i}")])))
+                await asyncio.sleep(0)  # each arrives on its own, as requests do
+            await asyncio.sleep(0.1)  # and nothing starts beside the blocked write
+            assert journal.inflight == 1
+        await asyncio.gather(first, *rest)
+    finally:
+        await journal.close()
     # The seed, the blocked write, and the twenty together.
-    assert ingestor.transactions == 3
-    assert await db.fetchval("select count(*) from events") == 22
+    assert journal.transactions == 3
+    assert await db.fetchval("select count(*) from journal") == 22

@@ -15,12 +15,19 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from receiver.app import create_app, make_ingestor
+from receiver.app import journal_running, projector_running
 from receiver.db import open_pool
 from receiver.poll import Poller, http_client
 from receiver.providers import messente
 from receiver.settings import Settings
-from tests.conftest import AUTH, MESSENTE_PASSWORD, AiohttpClient, eventually, make_settings
+from tests.conftest import (
+    AUTH,
+    MESSENTE_PASSWORD,
+    AiohttpClient,
+    eventually,
+    make_client,
+    make_settings,
+)
 from tests.fakes import (
     COMAPI_AUTH,
     INFOBIP_KEY,
@@ -70,7 +77,7 @@ def poll_settings(database_url: str, fake: FakeProviders, **overrides: Any) -> S
 
 @pytest.fixture
 async def pclient(database_url: str, fake: FakeProviders, aiohttp_client: AiohttpClient) -> Client:
-    client: Client = await aiohttp_client(create_app(poll_settings(database_url, fake)))
+    client: Client = await make_client(aiohttp_client, poll_settings(database_url, fake))
     return client
 
 
@@ -151,7 +158,7 @@ async def test_a_report_both_pushed_and_polled_is_one_event(
 
     await eventually(polled)
     assert await db.fetchval("select count(*) from events where provider_status = 'ACK'") == 1
-    assert await db.fetchval("select count(*) from receipts where source = 'poll'") >= 2
+    assert await db.fetchval("select count(*) from journal where source = 'poll'") >= 2
 
 
 async def test_infobip_reports_are_fetched_once_and_every_one_stored(
@@ -180,7 +187,7 @@ async def test_infobip_reports_are_fetched_once_and_every_one_stored(
     # Each call's batch is kept raw: at most 1000 reports a call.
     sizes = await db.fetch(
         "select jsonb_array_length((convert_from(body, 'utf8')::jsonb)->'results') as n "
-        "from receipts where source = 'poll' and provider = 'infobip'"
+        "from journal where source = 'poll' and provider = 'infobip'"
     )
     assert max(r["n"] for r in sizes) == 1000
 
@@ -196,15 +203,17 @@ async def test_two_pollers_never_drain_one_infobip_account_at_once(
     drained = asyncio.Event()
 
     async def poller() -> None:
-        async with open_pool(database_url, 4) as pool, http_client(settings) as session:
-            ingestor = make_ingestor(pool, settings)
-            ingestor.start()
-            instance = Poller(pool, ingestor, session, settings)
+        async with (
+            open_pool(database_url, 4) as pool,
+            http_client(settings) as session,
+            journal_running(pool, settings) as journal,
+            projector_running(pool, settings),
+        ):
+            instance = Poller(pool, journal, session, settings)
             task = asyncio.create_task(instance.run())
             await drained.wait()
             instance.stop()
             await task
-            await ingestor.close()
 
     async def watch() -> None:
         async def all_stored() -> bool:
@@ -270,7 +279,7 @@ async def test_messente_429_and_slow_answers_back_off(
     database_url: str, fake: FakeProviders, aiohttp_client: AiohttpClient
 ) -> None:
     settings = poll_settings(database_url, fake, poll_timeout=0.3)
-    client = await aiohttp_client(create_app(settings))
+    client = await make_client(aiohttp_client, settings)
     fake.failures["messente"].extend([Failure(200, delay=1.0), Failure(429, retry_after="1")])
     fake.messente[OMNI] = [dlr(OMNI, SMS, "sms", "DELIVRD", "2024-05-02T10:05:09")]
     await register_messente(client)
@@ -402,16 +411,17 @@ async def test_missing_credentials_mean_no_polling_and_one_log_line(
         mercury_username=None,
     )
     fake.infobip["/sms/1/reports"].append(infobip_report("never"))
-    async with open_pool(database_url, 2) as pool, http_client(settings) as session:
-        ingestor = make_ingestor(pool, settings)
-        ingestor.start()
+    async with (
+        open_pool(database_url, 2) as pool,
+        http_client(settings) as session,
+        journal_running(pool, settings) as journal,
+    ):
         with capture_logs() as logs:
-            poller = Poller(pool, ingestor, session, settings)
+            poller = Poller(pool, journal, session, settings)
         task = asyncio.create_task(poller.run())
         await asyncio.sleep(0.5)
         poller.stop()
         await task
-        await ingestor.close()
     not_configured = sorted(e["provider"] for e in logs if e["event"] == "poll.not_configured")
     assert not_configured == ["comapi", "infobip", "mercury", "messente"]
     assert fake.calls == []

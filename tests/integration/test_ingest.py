@@ -134,7 +134,12 @@ async def test_two_projectors_apply_everything_once_and_in_rule_order(
     )
     first, second = Projector(pool, max_updates=20), Projector(pool, max_updates=20)
     runs = [asyncio.create_task(p.run()) for p in (first, second)]
-    journal.on_commit = lambda: (first.wake(), second.wake())
+
+    def wake_both() -> None:
+        first.wake()
+        second.wake()
+
+    journal.on_commit = wake_both
     try:
         # Ten messages, each reported accepted, sent, delivered and read, in mixed order and
         # twice over (retries), from many concurrent requests.

@@ -17,8 +17,17 @@ import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from receiver.ingest import codec
 from receiver.providers import messente
-from tests.conftest import API_TOKEN, AUTH, MESSENTE_PASSWORD, clean_env, free_port
+from tests.conftest import (
+    API_TOKEN,
+    AUTH,
+    MESSENTE_PASSWORD,
+    clean_env,
+    eventually,
+    free_port,
+    projected,
+)
 
 Client = TestClient[Any, Any]
 
@@ -119,28 +128,91 @@ async def stored(db: asyncpg.Connection, ids: list[str]) -> set[str]:
     return {r["message_key"] for r in rows}
 
 
+async def journaled(db: asyncpg.Connection) -> set[str]:
+    """The omnimessage ids of every Messente report in the journal (committed, maybe not yet
+    projected)."""
+    rows = await db.fetch("select updates from journal where provider = 'messente'")
+    return {u.message_key for r in rows for u in codec.decode(r["updates"])}
+
+
+async def backlog(db: asyncpg.Connection) -> int:
+    count: int = await db.fetchval(
+        "select count(*) from journal j, projection_progress p where (j.xid, j.id) > (p.xid, p.id)"
+    )
+    return count
+
+
+async def caught_up(db: asyncpg.Connection) -> bool:
+    return await backlog(db) == 0
+
+
 async def test_sigkill_under_load_loses_nothing_acknowledged(
     database_url: str, db: asyncpg.Connection
 ) -> None:
     ids = [f"kill-{uuid.uuid4().hex}" for _ in range(3000)]
     acked: list[str] = []
-    async with service(database_url) as (base, proc):
+    # Journal only (no projector in the process): a kill between journal commit and projection.
+    async with service(database_url, RECEIVER_PROJECT_ENABLED="false") as (base, proc):
         load = asyncio.create_task(hammer(base, ids, acked))
         await until(lambda: len(acked) >= 200)
         proc.send_signal(signal.SIGKILL)  # no shutdown, no flush: the process just stops
         await proc.wait()
         outcomes = await load
     assert outcomes["connection error"] > 0  # it really died mid-load
-    assert set(acked) <= await stored(db, ids)
+    assert set(acked) <= await journaled(db)
+    assert await stored(db, ids) == set()  # acknowledged on the journal alone
 
     # Providers retry what was not acknowledged; after a restart everything is there, once.
     async with service(database_url) as (base, _):
         retry_acked: list[str] = []
         await hammer(base, [i for i in ids if i not in set(acked)], retry_acked)
+        await eventually(lambda: caught_up(db), 30)
     assert await stored(db, ids) == set(ids)
     assert await db.fetchval(
         "select count(*) from events where message_key = any($1::text[])", ids
     ) == len(ids)
+
+
+async def test_a_projector_killed_mid_batch_resumes_and_applies_everything_once(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    ids = [f"proj-{i}" for i in range(2000)]
+    acked: list[str] = []
+    async with service(database_url, RECEIVER_PROJECT_ENABLED="false") as (base, _):
+        await hammer(base, ids, acked)
+    assert sorted(acked) == sorted(ids)
+
+    def projector() -> Awaitable[asyncio.subprocess.Process]:
+        env = clean_env(RECEIVER_DATABASE_URL=database_url, RECEIVER_PROJECT_MAX_BATCH="50")
+        return asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "receiver",
+            "project",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+
+    async def part_way() -> bool:
+        return bool(await db.fetchval("select count(*) from events") >= 200)
+
+    first = await projector()
+    try:
+        await eventually(part_way, 30)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    assert await backlog(db) > 0  # it died with work left
+    second = await projector()
+    try:
+        await eventually(lambda: caught_up(db), 30)
+    finally:
+        second.terminate()
+        assert await second.wait() == 0
+    assert await stored(db, ids) == set(ids)
+    assert await db.fetchval("select count(*) from events") == len(ids)
+    assert await db.fetchval("select count(*) from messages where seq = 1") == len(ids)
 
 
 async def test_database_outage_under_load_answers_503_and_keeps_every_ack(
@@ -167,6 +239,7 @@ async def test_database_outage_under_load_answers_503_and_keeps_every_ack(
     assert outcomes[500] == 0
     db2 = await asyncpg.connect(database_url)
     try:
+        await projected(client.app)
         assert set(acked) <= await stored(db2, ids)
         # And it recovered by itself: a report now is stored.
         body, headers = signed("after-outage")

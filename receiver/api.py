@@ -16,7 +16,7 @@ from receiver.db import connection, is_transient
 from receiver.errors import ApiError
 from receiver.ingest import queries as ingest_queries
 from receiver.jsonio import dumps, json_response, loads
-from receiver.keys import JOURNAL, METRICS, POOL, PROJECTOR
+from receiver.keys import JOURNAL, METRICS, POOL, PROJECTOR, SETTINGS
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Provider, Registration, describe
 from receiver.reports import InvalidReport, Receipt
@@ -25,9 +25,6 @@ from receiver.status import Status
 log = structlog.get_logger()
 
 _Q = TypeVar("_Q", bound=BaseModel)
-
-# How long a registration waits for the projector before answering 202 instead of 201.
-_REGISTRATION_WAIT = 10.0
 
 
 class _RegistrationBody(BaseModel):
@@ -67,7 +64,9 @@ async def register(request: web.Request) -> web.Response:
     position = await request.app[JOURNAL].append(receipt, updates)
     keys = sorted({u.message_key for u in updates})
     # Read-your-writes: the answer lists the messages once the projector has applied them.
-    visible = await request.app[PROJECTOR].wait_for(position, _REGISTRATION_WAIT)
+    visible = await request.app[PROJECTOR].wait_for(
+        position, request.app[SETTINGS].registration_wait
+    )
     if not visible:
         # Durable all the same (journaled); only not yet visible. Registering again is safe.
         log.warning("send.not_yet_visible", provider=provider.name, messages=len(keys))

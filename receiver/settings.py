@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     project_enabled: bool = True
     project_max_batch: int = Field(default=5000, gt=0)
     project_idle_poll: float = Field(default=0.5, gt=0)
+    # A send registration answers once its messages are visible (201), or after this many
+    # seconds with 202 (journaled, durable, not yet projected).
+    registration_wait: float = Field(default=10.0, gt=0)
     db_pool_size: int = Field(default=10, gt=1)
 
     # Retention: messages nobody has touched for this many days are deleted with their events,

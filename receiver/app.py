@@ -8,15 +8,13 @@ import asyncpg
 from aiohttp import web
 
 from receiver import api, migrate, subscriptions, webhooks
-from receiver.auth import bearer_middleware
 from receiver.db import connection, log_loop_failure, open_pool
-from receiver.errors import body_limit_middleware, errors_middleware
+from receiver.edge import edge_middleware
 from receiver.forward import Forwarder, http_client
 from receiver.ingest.journal import Journal
 from receiver.ingest.projector import Projector
 from receiver.ingest.queries import ensure_partitions
 from receiver.keys import JOURNAL, METRICS, POOL, PROJECTOR, SETTINGS
-from receiver.logs import access_log_middleware
 from receiver.metrics import Metrics
 from receiver.poll import Poller
 from receiver.poll import http_client as poll_client
@@ -31,12 +29,7 @@ def create_app(settings: Settings) -> web.Application:
         raise ValueError("create_app needs settings.database_url (start the embedded one first)")
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[
-            access_log_middleware,
-            errors_middleware,
-            body_limit_middleware,
-            bearer_middleware,
-        ],
+        middlewares=[edge_middleware],
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

@@ -1,15 +1,14 @@
 """Bearer tokens for the client API under /v1 (providers authenticate their own way)."""
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from receiver.errors import ApiError
 from receiver.keys import SETTINGS
 from receiver.providers.base import same
 
 
-@web.middleware
-async def bearer_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def check_bearer(request: web.Request) -> None:
+    """Raises ApiError unless a request under /v1 carries one of the configured tokens."""
     # A path prefix rather than a per-handler decorator, so a new /v1 route cannot forget it.
     if request.path.startswith("/v1/") or request.path == "/v1":
         tokens = request.app[SETTINGS].api_tokens
@@ -29,4 +28,3 @@ async def bearer_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise ApiError(
                 401, "unauthorized", "invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
-    return await handler(request)

@@ -68,6 +68,20 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
         raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
     try:
         yield conn
+    except asyncpg.exceptions._base.InternalClientError as exc:
+        # Seen when the server ends an idle pooled connection (an outage, an admin's
+        # terminate): asyncpg's protocol is left mid-operation and refuses the next one. The
+        # connection is what broke, not the request: a fresh one is needed, and a retry works.
+        conn.terminate()
+        raise DatabaseUnavailable(f"connection lost: {exc}") from exc
+    except BaseException as exc:
+        lost = is_transient(exc) and not isinstance(exc, asyncpg.PostgresError)
+        if lost or isinstance(exc, asyncio.CancelledError):
+            # Lost mid-operation (the server went away, or we gave up waiting): the protocol
+            # may be left thinking that operation still runs, and the next borrower would fail
+            # with "another operation is in progress". Start afresh with a new connection.
+            conn.terminate()
+        raise
     finally:
         try:
             await pool.release(conn)

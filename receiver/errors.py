@@ -1,11 +1,10 @@
-"""The one error middleware: every failure leaves as `{"error": {"code", "message"}}`."""
+"""Errors: every failure leaves as `{"error": {"code", "message"}}` (receiver/edge.py sends it)."""
 
 from collections.abc import Mapping
 from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from receiver.db import is_transient
 from receiver.keys import SETTINGS
@@ -53,47 +52,40 @@ _HTTP_CODES = {
 }
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def refuse_early(request: web.Request) -> None:
+    """What is refused before any handler runs: NUL in the URL, a declared oversized body."""
     # Postgres text cannot hold NUL: refused here once, rather than failing in a query later.
     if "%00" in request.raw_path:  # path and query as sent, before percent-decoding
-        return error_response(400, "bad_request", "the URL may not contain NUL (%00)")
-    try:
-        return await handler(request)
-    except ApiError as exc:
+        raise ApiError(400, "bad_request", "the URL may not contain NUL (%00)")
+    # aiohttp's own limit only trips once that much has arrived, so a client announcing a huge
+    # body and trickling it in would hold a handler until then.
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "body_too_large", f"body larger than {limit} bytes")
+
+
+def as_response(exc: Exception) -> web.Response:
+    """The JSON answer for a failure; a non-error HTTPException (a redirect) is re-raised."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.extra, exc.headers)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = _HTTP_CODES.get(exc.status, "http_error")
         return error_response(exc.status, code, exc.reason, headers=_keep_allow(exc))
-    except Exception as exc:
-        if is_transient(exc):
-            # Providers retry on 5xx: a database outage costs a delay, not a report.
-            log.warning("database.unavailable", error=f"{type(exc).__name__}: {exc}")
-            return error_response(
-                503,
-                "database_unavailable",
-                "the database is unreachable; retry later",
-                headers={"Retry-After": "5"},
-            )
-        log.exception("request.crashed")
-        return error_response(500, "internal", "internal error")
+    if is_transient(exc):
+        # Providers retry on 5xx: a database outage costs a delay, not a report.
+        log.warning("database.unavailable", error=f"{type(exc).__name__}: {exc}")
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unreachable; retry later",
+            headers={"Retry-After": "5"},
+        )
+    log.error("request.crashed", exc_info=exc)
+    return error_response(500, "internal", "internal error")
 
 
 def _keep_allow(exc: web.HTTPException) -> dict[str, str]:
     allow = exc.headers.get("Allow")
     return {"Allow": allow} if allow else {}
-
-
-@web.middleware
-async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse a declared oversized body before reading a byte of it.
-
-    aiohttp's own limit only trips once that much has arrived, so a client announcing a huge
-    body and trickling it in would hold a handler until then.
-    """
-    limit = request.app[SETTINGS].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "body_too_large", f"body larger than {limit} bytes")
-    return await handler(request)

@@ -6,21 +6,24 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from receiver.status import Status
 
 Source = Literal["webhook", "poll", "send"]
 
 
-@dataclass(frozen=True)
-class StatusUpdate:
+class StatusUpdate(NamedTuple):
     """One report about one message (or one channel attempt of it), in the shared vocabulary.
 
     `message_key` is the provider's id of the logical message (Messente omnimessage_id, Infobip
     messageId, Comapi messageId, Mercury `{dispatch}:{uniqueId}`); `aliases` are other provider
     ids that find it (Messente channel message_ids). `dedup_key` makes a repeated report (retry,
     or pushed and polled) collapse into one event.
+
+    A named tuple rather than a frozen dataclass: one is made for every report on the
+    acknowledgement path, and a tuple is built in a quarter of the time; its field order is
+    also the journal's compact form (receiver/ingest/codec.py).
     """
 
     provider: str

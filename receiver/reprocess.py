@@ -10,7 +10,6 @@ the projector moves message statuses and subscribers are told. Running it again 
 nothing more: today's reading then matches what is stored.
 """
 
-import dataclasses
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -170,8 +169,7 @@ def _what_changed(
         # The count in the key keeps a mapping that changes back and forth from colliding
         # with an earlier correction; two runs at once write the same key, so one event.
         changed.append(
-            dataclasses.replace(
-                update,
+            update._replace(
                 dedup_key=f"{update.dedup_key}>{corrections + 1}:{update.status.value}",
                 corrects=update.dedup_key,
             )

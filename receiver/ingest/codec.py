@@ -46,9 +46,12 @@ _ALIASES = _FIELDS.index("aliases")
 _ORDER = _FIELDS.index("channel_order")
 
 
+# The compact form is the tuple itself: a change to StatusUpdate's fields must come here first.
+assert StatusUpdate._fields == _FIELDS, "StatusUpdate's fields and the journal format differ"
+
+
 def encode(updates: list[StatusUpdate]) -> bytes:
-    rows = [[getattr(u, name) for name in _FIELDS] for u in updates]
-    return pydantic_core.to_json({"v": VERSION, "u": rows})
+    return pydantic_core.to_json({"v": VERSION, "u": updates})
 
 
 def decode(data: bytes) -> list[StatusUpdate]:

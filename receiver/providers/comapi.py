@@ -2,7 +2,6 @@
 per-channel statuses, single and batch send registration."""
 
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -346,7 +345,7 @@ async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollT
             )
         )
     if updates and message.rules:
-        updates[0] = replace(updates[0], channel_order=tuple(message.rules))
+        updates[0] = updates[0]._replace(channel_order=tuple(message.rules))
     return Fetched(body, updates)
 
 

@@ -1,7 +1,6 @@
 """Messente Omnichannel API: signed delivery reports, omnimessage registration, status codes."""
 
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -228,7 +227,7 @@ async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollT
             order.append(update.channel)
     if updates and order:
         # statuses[] is in send order: the fallback order, known now even if never registered.
-        updates[0] = replace(updates[0], channel_order=tuple(order))
+        updates[0] = updates[0]._replace(channel_order=tuple(order))
     return Fetched(body, updates, problems)
 
 

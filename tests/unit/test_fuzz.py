@@ -1,7 +1,6 @@
 """Fuzzing: random and mutated payloads into every parser and verifier. Nothing may come out
 but a parse result or InvalidReport (a clean 4xx at the HTTP edge)."""
 
-import dataclasses
 import json
 import re
 from datetime import UTC, datetime
@@ -53,8 +52,7 @@ def parses_cleanly(provider: str, body: bytes, content_type: str) -> None:
         assert "\x00" not in (update.provider_status or "")
         # Whatever comes out can be sent to Postgres: UTF-8 text (no lone surrogate) and
         # jsonb details.
-        for field in dataclasses.fields(update):
-            value = getattr(update, field.name)
+        for value in update:
             for text in value if isinstance(value, tuple) else (value,):
                 if isinstance(text, str):
                     text.encode()

@@ -3,6 +3,7 @@ reprocess`."""
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import os
 import signal
@@ -18,7 +19,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from receiver import logs, migrate
-from receiver.app import create_app, journal_running, projector_running
+from receiver.app import background_running, create_app, journal_running, projector_running
 from receiver.db import open_pool
 from receiver.embedded import embedded_postgres
 from receiver.forward import Forwarder, http_client
@@ -89,6 +90,16 @@ async def _poll(settings: Settings) -> None:
         await poller.run()
 
 
+async def _background(settings: Settings) -> None:
+    """The projector, forwarder, poller and retention that the settings enable: what serve
+    runs beside its HTTP workers."""
+    stopped = asyncio.Event()
+    async with _migrated_pool(settings) as pool, background_running(pool, settings):
+        _stop_on_signals(stopped.set)
+        log.info("background.start")
+        await stopped.wait()
+
+
 async def _project(settings: Settings) -> None:
     """The projector alone: any number of them take turns with those inside serve."""
     stopped = asyncio.Event()
@@ -154,8 +165,14 @@ async def _freeze_the_heap(app: web.Application) -> None:
 
 
 def _serve(settings: Settings) -> None:
-    if settings.workers > 1:
-        _serve_workers(settings)
+    background = (
+        settings.project_enabled
+        or settings.forward_enabled
+        or settings.poll_enabled
+        or settings.retention_days is not None
+    )
+    if settings.workers > 1 or (background and settings.background_process):
+        _supervise(settings, background and settings.background_process)
         return
     app = create_app(settings)
     app.on_startup.append(_freeze_the_heap)  # runs after the pool, journal and loops are up
@@ -170,9 +187,38 @@ def _serve(settings: Settings) -> None:
     )
 
 
-def _serve_workers(settings: Settings) -> None:
-    """N single-process servers on one port (SO_REUSEPORT), so a host's cores are all used.
-    They share nothing but the database, which is all they ever share across hosts too."""
+# What an HTTP worker leaves to the background process.
+_BACKGROUND_OFF = {
+    "RECEIVER_PROJECT_ENABLED": "false",
+    "RECEIVER_FORWARD_ENABLED": "false",
+    "RECEIVER_POLL_ENABLED": "false",
+}
+
+
+def _spawn(command: str, env: dict[str, str]) -> "subprocess.Popen[bytes]":
+    # Our own interpreter running our own module: nothing in the command comes from outside.
+    return subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "receiver", command], env=env, preexec_fn=_die_with_parent
+    )
+
+
+def _die_with_parent() -> None:
+    """In a child, before it runs: SIGKILL it when serve dies, however serve dies (SIGKILL,
+    the OOM killer), so no worker outlives it holding the port. Linux only; elsewhere a no-op."""
+    if sys.platform == "linux":
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _supervise(settings: Settings, background: bool) -> None:
+    """RECEIVER_WORKERS HTTP processes on one port (SO_REUSEPORT), and one background process
+    for the projector, forwarder, poller and retention. The processes answering providers then
+    have their cores to themselves: projection is the expensive part, and it may fall behind
+    a burst and catch up after it, where answers must not. They share nothing but the
+    database, which is all they ever share across hosts too. If one exits, all stop."""
     assert settings.database_url is not None
     env = {
         **os.environ,
@@ -180,20 +226,35 @@ def _serve_workers(settings: Settings) -> None:
         "RECEIVER_WORKERS": "1",
         "RECEIVER_REUSE_PORT": "true",
     }
-    workers = [
-        subprocess.Popen([sys.executable, "-m", "receiver", "serve"], env=env)
-        for _ in range(settings.workers)
-    ]
+    http_env = {**env, **(_BACKGROUND_OFF if background else {})}
+    if background:
+        http_env.pop("RECEIVER_RETENTION_DAYS", None)
+    children = [_spawn("serve", http_env) for _ in range(settings.workers)]
+    if background:
+        children.append(_spawn("background", env))
 
     def stop(*_: object) -> None:
-        for worker in workers:
-            worker.terminate()
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("serve.workers", workers=settings.workers)
-    for worker in workers:
-        worker.wait()
+    log.info("serve.processes", http=settings.workers, background=background)
+    code = 0
+    while children:
+        pid, status = os.wait()
+        exited = [child for child in children if child.pid == pid]
+        if not exited:
+            continue
+        children.remove(exited[0])
+        exited[0].returncode = os.waitstatus_to_exitcode(status)
+        if exited[0].returncode not in (0, -signal.SIGTERM) and not code:
+            log.error("serve.child_exited", pid=pid, code=exited[0].returncode)
+            code = 1
+        stop()  # one gone: the service is not whole, so it stops (and is restarted whole)
+    if code:
+        raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("serve", help="run the HTTP service (migrates first)")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
     commands.add_parser("project", help="run only the projector (serve runs one too)")
+    commands.add_parser(
+        "background", help="projector, forwarder, poller, retention: what serve runs beside HTTP"
+    )
     commands.add_parser("forward", help="run only the forwarder (serve runs one too)")
     commands.add_parser("poll", help="run only the poller (serve runs one too)")
     commands.add_parser("prune", help="delete what RECEIVER_RETENTION_DAYS says is old, once")
@@ -233,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_prune(settings))
         elif args.command == "project":
             asyncio.run(_project(settings))
+        elif args.command == "background":
+            asyncio.run(_background(settings))
         elif args.command == "reprocess":
             asyncio.run(_reprocess(settings, args))
         else:

@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 
 import asyncpg
 from aiohttp import web
@@ -160,26 +160,73 @@ async def _projection(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _forwarding(app: web.Application) -> AsyncIterator[None]:
-    async with http_client(app[SETTINGS]) as session:
-        forwarder = Forwarder(app[POOL], session, app[SETTINGS], app[METRICS])
-        task = asyncio.create_task(forwarder.run(), name="forward")
+    async with forwarder_running(app[POOL], app[SETTINGS], app[METRICS]):
         yield
-        forwarder.stop()
-        await task
 
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:
-    retention = Retention(app[POOL], app[SETTINGS], app[METRICS])
-    task = asyncio.create_task(retention.run(), name="retention")
-    yield
-    retention.stop()
-    await task
+    async with retention_running(app[POOL], app[SETTINGS], app[METRICS]):
+        yield
 
 
 async def _polling(app: web.Application) -> AsyncIterator[None]:
-    async with poll_client(app[SETTINGS]) as session:
-        poller = Poller(app[POOL], app[JOURNAL], session, app[SETTINGS], app[METRICS])
-        task = asyncio.create_task(poller.run(), name="poll")
+    async with poller_running(app[POOL], app[JOURNAL], app[SETTINGS], app[METRICS]):
         yield
-        poller.stop()
+
+
+@asynccontextmanager
+async def forwarder_running(
+    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[Forwarder]:
+    async with http_client(settings) as session:
+        forwarder = Forwarder(pool, session, settings, metrics)
+        task = asyncio.create_task(forwarder.run(), name="forward")
+        try:
+            yield forwarder
+        finally:
+            forwarder.stop()
+            await task
+
+
+@asynccontextmanager
+async def poller_running(
+    pool: asyncpg.Pool, journal: Journal, settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[Poller]:
+    async with poll_client(settings) as session:
+        poller = Poller(pool, journal, session, settings, metrics)
+        task = asyncio.create_task(poller.run(), name="poll")
+        try:
+            yield poller
+        finally:
+            poller.stop()
+            await task
+
+
+@asynccontextmanager
+async def retention_running(
+    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[Retention]:
+    retention = Retention(pool, settings, metrics)
+    task = asyncio.create_task(retention.run(), name="retention")
+    try:
+        yield retention
+    finally:
+        retention.stop()
         await task
+
+
+@asynccontextmanager
+async def background_running(pool: asyncpg.Pool, settings: Settings) -> AsyncIterator[None]:
+    """Everything but HTTP that the settings enable: what `serve` runs in a process of its own
+    (python -m receiver background), beside the processes that answer requests."""
+    async with AsyncExitStack() as stack:
+        if settings.project_enabled:
+            await stack.enter_async_context(projector_running(pool, settings))
+        if settings.forward_enabled:
+            await stack.enter_async_context(forwarder_running(pool, settings))
+        if settings.poll_enabled:
+            journal = await stack.enter_async_context(journal_running(pool, settings))
+            await stack.enter_async_context(poller_running(pool, journal, settings))
+        if settings.retention_days is not None:
+            await stack.enter_async_context(retention_running(pool, settings))
+        yield

@@ -24,8 +24,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path("receiver-data")
     host: str = "127.0.0.1"
     port: int = 8080
-    # Processes serving one port (SO_REUSEPORT); 1 serves in this process.
+    # HTTP processes serving one port (SO_REUSEPORT).
     workers: int = Field(default=1, ge=1, le=64)
+    # serve runs the projector, forwarder, poller and retention in a process of their own, so
+    # the HTTP processes keep their cores for answering; false runs them inside each of them.
+    background_process: bool = True
     reuse_port: bool = False
     api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     log_level: str = "info"
@@ -73,7 +76,7 @@ class Settings(BaseSettings):
     # looks for journal rows written by other processes (its own wake it at once).
     project_enabled: bool = True
     project_max_batch: int = Field(default=5000, gt=0)
-    project_idle_poll: float = Field(default=0.5, gt=0)
+    project_idle_poll: float = Field(default=0.05, gt=0)
     # A send registration answers once its messages are visible (201), or after this many
     # seconds with 202 (journaled, durable, not yet projected).
     registration_wait: float = Field(default=10.0, gt=0)

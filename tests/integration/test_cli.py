@@ -202,7 +202,9 @@ def test_serve_with_two_workers_shares_one_port(database_url: str) -> None:
             with urllib.request.urlopen(post, timeout=10) as resp:  # noqa: S310
                 assert resp.status == 200
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        assert len(children) == 2
+        commands = sorted(Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")[3] for c in children)
+        # Two HTTP workers, and the background process (projector and the rest) beside them.
+        assert commands == [b"background", b"serve", b"serve"]
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0

@@ -94,9 +94,10 @@ async def _background(settings: Settings) -> None:
     """The projector, forwarder, poller and retention that the settings enable: what serve
     runs beside its HTTP workers."""
     stopped = asyncio.Event()
+    os.nice(settings.background_nice)
     async with _migrated_pool(settings) as pool, background_running(pool, settings):
         _stop_on_signals(stopped.set)
-        log.info("background.start")
+        log.info("background.start", nice=settings.background_nice)
         await stopped.wait()
 
 

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # serve runs the projector, forwarder, poller and retention in a process of their own, so
     # the HTTP processes keep their cores for answering; false runs them inside each of them.
     background_process: bool = True
+    # The background process's niceness: when a burst takes every core, the HTTP processes
+    # answering providers get the CPU first and projection falls behind, to catch up after.
+    background_nice: int = Field(default=10, ge=0, le=19)
     reuse_port: bool = False
     api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     log_level: str = "info"

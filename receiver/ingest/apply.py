@@ -4,7 +4,7 @@ rules, and write messages, aliases, events and deliveries in one statement."""
 import hashlib
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -88,10 +88,22 @@ async def apply(
         if update.unmapped:
             unmapped[(update.provider, update.provider_status or "")] += 1
 
+    # Payloads are built only for changes some enabled subscription may want: most of the
+    # work of a status change, and with no subscribers, all of it wasted. A subscription
+    # created while this batch runs takes effect from the next batch.
+    filters = await queries.subscription_filters(conn)
+
+    def wanted(provider: str, status: Status) -> bool:
+        return any(
+            (statuses is None or status.value in statuses)
+            and (providers is None or provider in providers)
+            for statuses, providers in filters
+        )
+
     messages: list[queries.MessageRow] = []
     changes: list[StatusChange] = []
     for key, state in states.items():
-        row, change = state.settle(key, key[0] in polled_providers)
+        row, change = state.settle(key, key[0] in polled_providers, wanted)
         if row is not None:
             messages.append(row)
         if change is not None:
@@ -217,7 +229,7 @@ class _State:
         info["registered"] = info["registered"] or u.registered
 
     def settle(
-        self, key: tuple[str, str], polled: bool
+        self, key: tuple[str, str], polled: bool, wanted: Callable[[str, Status], bool]
     ) -> tuple[queries.MessageRow | None, StatusChange | None]:
         """Rules 3 and 4 over every event; the row to write (None: unchanged) and the change."""
         events = _effective(self.events)
@@ -256,7 +268,7 @@ class _State:
             )
         )
         change = None
-        if moved:
+        if moved and wanted(key[0], outcome.status):
             # A message that never had a status before has no previous one to report.
             previous = Status(old_status) if old_seq > 0 else None
             payload = _payload(key, info, outcome, previous, seq, _deciding(events, outcome))

@@ -149,6 +149,8 @@ async def forward(
                 if 200 <= r.status < 300:
                     acked[message_id] = time.perf_counter()
 
+        # Set up: bench.run measures CPU from here (its process CPU so far is not load).
+        print(json.dumps({"started": True, "cpu_s": time.process_time()}), flush=True)
         tasks = []
         began = time.perf_counter()
         sent = 0

@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -44,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("noop", "naive", "receiver")
 # Polling /readyz and the lookup while the receiver drains: the resolution of end to end.
 POLL_S = 0.01
+# Cores busy outside the server, Postgres and the load generator above which a run is suspect.
+OTHER_CORES_WARNING = 0.25
 
 warnings: list[str] = []
 
@@ -194,34 +197,81 @@ def _server_pids(pid: int) -> list[str]:
     return [str(pid), *Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _postgres_pids() -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+@dataclass(frozen=True)
+class PgScope:
+    """Which Postgres processes a run is charged for: the postmaster serving the run's
+    database and its background processes, and the backends and autovacuum workers of that one
+    database, not those of other databases (someone else's tests may share the server), nor
+    any other Postgres on the machine."""
+
+    postmaster: int
+    database: str
+
+
+# A process title naming a database: a client backend ("user db host(port) state") or an
+# autovacuum worker ("autovacuum worker db").
+_PER_DATABASE = re.compile(r"\(\d+\)|\[local\]|autovacuum worker")
+
+
+def _postgres_pids(pg: PgScope) -> list[str]:
+    found = [str(pg.postmaster)]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{pg.postmaster}/task/{pg.postmaster}/children").read_text()
+        for pid in children.split():
             with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() == "postgres":
-                    found.append(entry.name)
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if not _PER_DATABASE.search(title) or f" {pg.database} " in f"{title} ":
+                    found.append(pid)
     return found
+
+
+def _parent(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no parent for {pid}")
+
+
+async def _postmaster(server_url: str) -> int:
+    """The pid of the postmaster behind `server_url`: the parent of this connection's backend
+    (which must be on this machine, for its CPU to be measured)."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        backend: int = await conn.fetchval("select pg_backend_pid()")
+        return _parent(backend)
+    finally:
+        await conn.close()
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds all of this machine's CPUs have been busy (user, nice, system, irq,
+    softirq), whoever for: the server, Postgres, the load, or anything else running."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
 class Cpu:
     """CPU seconds used so far by each server process, by each Postgres process, and by this
-    process's finished children (the load generator), at monotonic time `at`."""
+    process's finished children (the load generator), and by the whole machine, at monotonic
+    time `at`."""
 
     at: float
     server: dict[str, float]
     postgres: dict[str, float]
     children: float
+    machine: float
 
 
-def cpu_now(server_pid: int) -> Cpu:
+def cpu_now(server_pid: int, pg: PgScope) -> Cpu:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return Cpu(
         at=time.monotonic(),
         server=_cpu_seconds(_server_pids(server_pid)),
-        postgres=_cpu_seconds(_postgres_pids()),
+        postgres=_cpu_seconds(_postgres_pids(pg)),
         children=children.ru_utime + children.ru_stime,
+        machine=_machine_busy_seconds(),
     )
 
 
@@ -235,18 +285,53 @@ def cores(before: Cpu, after: Cpu) -> dict[str, float]:
     }
 
 
-def load(server_pid: int, cmd: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
+def load(
+    server_pid: int,
+    pg: PgScope,
+    cmd: list[str],
+    env: dict[str, str],
+    timeout: float,
+    starts: int = 1,
+) -> dict[str, Any]:
     """Runs a load generator (wrk, or bench.load's forwarding run) against a server, as a child
     of this process, so its CPU shows in RUSAGE_CHILDREN once it has exited. Returns its
-    stdout, and where the machine's CPU went meanwhile (server, Postgres, load generator)."""
-    before = cpu_now(server_pid)
-    out = subprocess.run(
-        cmd, cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=timeout
-    )
-    after = cpu_now(server_pid)
-    if out.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} exited with {out.returncode}:\n{out.stderr}{out.stdout}")
-    return {"stdout": out.stdout, "before": before, "after": after, **cores(before, after)}
+    stdout, and where the machine's CPU went meanwhile: seconds of CPU per second for the
+    server, Postgres and the load generator. The window opens when the load generator says it
+    is about to send (`starts` lines {"started": true, "cpu_s": ...}, one per wrk thread): what
+    it did before (wrk reading pre-signed requests, Python importing) counts for no one."""
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+        assert proc.stdout is not None
+        before_start, seen, setup_cpu = [], 0, 0.0
+        while seen < starts and (line := proc.stdout.readline()):
+            if line.startswith('{"started"'):
+                seen += 1
+                setup_cpu = json.loads(line)["cpu_s"]  # the process's CPU so far
+            else:
+                before_start.append(line)
+        before = cpu_now(server_pid, pg)
+        try:
+            rest, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        after = cpu_now(server_pid, pg)
+        stderr.seek(0)
+        if proc.returncode != 0 or seen < starts:
+            raise RuntimeError(
+                f"{cmd[0]} exited with {proc.returncode}:\n{stderr.read()}"
+                f"{''.join(before_start)}{rest}"
+            )
+    used = cores(before, after)
+    wall = after.at - before.at
+    used["cores_load"] = (after.children - before.children - setup_cpu) / wall
+    # The rest of the machine's busy time: other programs (a shared machine spoils the run),
+    # and kernel work no process is charged for (some of the loopback traffic's).
+    used["cores_other"] = (after.machine - before.machine) / wall - sum(used.values())
+    return {"stdout": "".join(before_start) + rest, "before": before, "after": after, **used}
 
 
 def _http(
@@ -382,6 +467,7 @@ def ingest_run(
     workload: Workload,
     kind: str,
     server_url: str,
+    postmaster: int,
     args: argparse.Namespace,
     messente_file: Path | None,
 ) -> dict[str, Any]:
@@ -390,6 +476,7 @@ def ingest_run(
         scratch_database(server_url) as database,
         server(kind, database, workers=args.workers) as (url, pid),
     ):
+        pg = PgScope(postmaster, urlsplit(database).path.lstrip("/"))
         cmd, env = wrk_load.command(
             workload,
             url,
@@ -399,7 +486,7 @@ def ingest_run(
             messente_file=messente_file,
             nonce=nonce,
         )
-        ran = load(pid, cmd, env, timeout=args.duration + 300)
+        ran = load(pid, pg, cmd, env, timeout=args.duration + 300, starts=args.wrk_threads)
         stats = wrk_load.parse(ran["stdout"])
         stats.update({k: v for k, v in ran.items() if k.startswith("cores_")})
         begin, end = ran["before"], ran["after"]
@@ -408,7 +495,7 @@ def ingest_run(
             if stats["drain_s"] is not None:
                 stats["end_to_end_s"] = stats["duration_s"] + stats["drain_s"]
                 stats["end_to_end_reports_per_s"] = stats["acked_reports"] / stats["end_to_end_s"]
-            end = cpu_now(pid)  # the projection behind the load is part of each report's cost
+            end = cpu_now(pid, pg)  # the projection behind the load is part of each report's cost
         elif kind == "naive":
             # Acknowledged after its INSERTs: what it acknowledged is already stored.
             stats["end_to_end_reports_per_s"] = stats["reports_per_s"]
@@ -421,8 +508,17 @@ def ingest_run(
     return stats
 
 
+def check_quiet(label: str, stats: dict[str, Any]) -> None:
+    if stats["cores_other"] > OTHER_CORES_WARNING:
+        warn(
+            f"{label}: the rest of the machine was busy ({stats['cores_other']:.2f} cores) "
+            f"during the run: other programs compete for the CPU, so its numbers are low"
+        )
+
+
 def check_ingest(workload: Workload, kind: str, stats: dict[str, Any]) -> None:
     label = f"{workload.name}/{kind}"
+    check_quiet(label, stats)
     if stats["wraps"]:
         warn(f"{label}: wrk sent the pre-signed Messente requests again (duplicates)")
     if stats["non_2xx"] or stats["socket_errors"]:
@@ -433,22 +529,24 @@ def check_ingest(workload: Workload, kind: str, stats: dict[str, Any]) -> None:
         warn(f"{label}: {stats['stored']} stored, but {expected} reports were acknowledged")
 
 
-def forward_run(server_url: str, args: argparse.Namespace) -> dict[str, Any]:
+def forward_run(server_url: str, postmaster: int, args: argparse.Namespace) -> dict[str, Any]:
     with (
         scratch_database(server_url) as database,
         server("receiver", database, forward=True, workers=args.workers) as (url, pid),
     ):
+        pg = PgScope(postmaster, urlsplit(database).path.lstrip("/"))
         cmd = [sys.executable, "-m", "bench.load", "forward", "--url", url]
         cmd += ["--rate", str(args.rate), "--duration", str(args.duration)]
         cmd += ["--subscribers", str(args.subscribers)]
         if args.slow_subscriber:
             cmd.append("--slow-subscriber")
-        ran = load(pid, cmd, dict(os.environ), timeout=args.duration + 300)
+        ran = load(pid, pg, cmd, dict(os.environ), timeout=args.duration + 300)
         fwd: dict[str, Any] = json.loads(ran["stdout"].strip().splitlines()[-1])
         fwd.update({k: v for k, v in ran.items() if k.startswith("cores_")})
         wait_backlog_empty(url, timeout=120)
         fwd["peak_rss_mib"] = peak_rss_mib(pid)
         fwd.update(asyncio.run(database_facts(database, "receiver")))
+    check_quiet("forward", fwd)
     if fwd["forwarded"] < fwd["expected"]:
         warn(f"forward: {fwd['forwarded']} of {fwd['expected']} forwarded to the fast subscribers")
     return fwd
@@ -492,6 +590,7 @@ def main() -> None:
     fwd: dict[str, Any] = {}
     with postgres() as server_url, tempfile.TemporaryDirectory() as tmp:
         version = asyncio.run(_server_version(server_url))
+        postmaster = asyncio.run(_postmaster(server_url))
         messente_file = None
         if args.only != "forward" and any(w.provider == "messente" for w in workloads):
             messente_file = Path(tmp) / "messente.requests"
@@ -500,11 +599,11 @@ def main() -> None:
             wrk_load.write_messente_requests(messente_file, count)
         for workload in workloads if args.only != "forward" else ():
             for kind in kinds:
-                stats = ingest_run(workload, kind, server_url, args, messente_file)
+                stats = ingest_run(workload, kind, server_url, postmaster, args, messente_file)
                 rows.append((workload, kind, stats))
                 print(f"{workload.name:10} {kind:9} {json.dumps(stats)}", file=sys.stderr)
         if args.only != "ingest":
-            fwd = forward_run(server_url, args)
+            fwd = forward_run(server_url, postmaster, args)
             print(f"forward {json.dumps(fwd)}", file=sys.stderr)
 
     print(
@@ -514,8 +613,11 @@ def main() -> None:
     )
     if rows:
         print(
-            f"Ingest, wrk -t{args.wrk_threads} -c{args.connections} (reports/s counts only "
-            f"reports acknowledged with a 2xx):\n"
+            f"Ingest, wrk -t{args.wrk_threads} -c{args.connections}. Reports/s counts only "
+            f"reports acknowledged with a 2xx. Cores: CPU seconds per second while wrk ran, in "
+            f"the server, Postgres, wrk and the rest of the machine (other programs, and "
+            f"kernel work charged to no process). CPU per report: the server's and Postgres's from "
+            f"wrk's start until the last report is stored (for the receiver, projected).\n"
         )
         print_ingest(rows)
         print_end_to_end(rows)
@@ -539,13 +641,19 @@ def _num(value: float | None, spec: str = ",.0f") -> str:
     return format(value, spec)
 
 
+def _cores(s: dict[str, Any]) -> str:
+    return " / ".join(
+        f"{s[k]:.2f}" for k in ("cores_server", "cores_postgres", "cores_load", "cores_other")
+    )
+
+
 def print_ingest(rows: list[tuple[Workload, str, dict[str, Any]]]) -> None:
     # Cores: CPU seconds per second used by the server, Postgres and wrk while the load ran
     # (2 is all of this machine). CPU µs per report: the server's and Postgres's CPU from the
     # start of the load until the last report is stored (for the receiver: projected).
     print(
         "| workload | server | reports/s | p50 ms | p99 ms | non-2xx / socket errors "
-        "| peak RSS MiB | cores server / pg / load | CPU µs per report server / pg |"
+        "| peak RSS MiB | cores server / pg / load / other | CPU µs per report server / pg |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---|---|")
     for workload, kind, s in rows:
@@ -553,8 +661,7 @@ def print_ingest(rows: list[tuple[Workload, str, dict[str, Any]]]) -> None:
             f"| {workload.name} | {kind} | {_num(s['reports_per_s'])} | {s['p50_ms']:.1f} | "
             f"{s['p99_ms']:.1f} | {s['non_2xx']} / {s['socket_errors']} | "
             f"{s['peak_rss_mib']:.0f} | "
-            f"{s['cores_server']:.2f} / {s['cores_postgres']:.2f} / {s['cores_load']:.2f} | "
-            f"{_num(s['cpu_us_server'])} / {_num(s['cpu_us_postgres'])} |"
+            f"{_cores(s)} | {_num(s['cpu_us_server'])} / {_num(s['cpu_us_postgres'])} |"
         )
     by = {(w.name, k): s for w, k, s in rows}
     for workload in dict.fromkeys(w for w, _, _ in rows):
@@ -609,22 +716,26 @@ def print_forward(fwd: dict[str, Any], args: argparse.Namespace) -> None:
         subscribers += " + 1 slow"
     print(
         f"\nForwarding: Infobip single reports (HTTP Basic) sent at a steady rate by a Python "
-        f"client for {args.duration} s; forwarding lag = a fast subscriber received the status "
-        f"change minus the report's 2xx arrived; projection lag from the database.\n"
+        f"client for {args.duration} s, one subscription per subscriber; acknowledged "
+        f"reports/s is per second from the first send to the last answer; forwarding lag = a "
+        f"fast subscriber received the status change minus the report's 2xx arrived; "
+        f"projection lag from the database.\n"
     )
     print(
-        "| offered reports/s | acknowledged reports/s | subscribers | forwarded "
+        "| offered reports/s | acknowledged reports/s | acknowledged / sent | subscribers "
+        "| forwarded "
         "| forwarding lag p50 / p99 ms | projection lag p50 / p99 ms | peak RSS MiB "
-        "| cores server / pg / load |"
+        "| cores server / pg / load / other |"
     )
-    print("|---:|---:|---|---:|---|---|---:|---|")
+    print("|---:|---:|---:|---|---:|---|---|---:|---|")
     print(
-        f"| {fwd['offered_rate']:,.0f} | {fwd['achieved_rate']:,.0f} | {subscribers} | "
+        f"| {fwd['offered_rate']:,.0f} | {fwd['achieved_rate']:,.0f} | "
+        f"{fwd['acked']:,} / {fwd['sent']:,} | {subscribers} | "
         f"{fwd['forwarded']:,} / {fwd['expected']:,} | "
         f"{_num(fwd['lag_p50_ms'], '.0f')} / {_num(fwd['lag_p99_ms'], '.0f')} | "
         f"{_num(fwd['projection_lag_p50_ms'], '.1f')} / "
         f"{_num(fwd['projection_lag_p99_ms'], '.1f')} | {fwd['peak_rss_mib']:.0f} | "
-        f"{fwd['cores_server']:.2f} / {fwd['cores_postgres']:.2f} / {fwd['cores_load']:.2f} |"
+        f"{_cores(fwd)} |"
     )
     if fwd["slow_subscriber"]:
         print(

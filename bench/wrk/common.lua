@@ -1,9 +1,16 @@
 -- Shared by the benchmark's wrk scripts (found through LUA_PATH, which bench.run sets).
 --
 -- setup() runs in wrk's main Lua state once per thread, before that thread starts: it hands
--- each thread an id (the global `id` in the thread's own state). done() runs in the main state
--- after the run and prints one JSON line, the only thing bench.run reads from wrk's output.
+-- each thread an id (the global `id` in the thread's own state). Each script's init() ends with
+-- started(), a line that tells bench.run the thread is about to send, and how much CPU wrk has
+-- used getting there (reading pre-signed requests), so neither counts as load. done() runs in
+-- the main state after the run and prints one JSON line with the results.
 local M = {}
+
+function M.started()
+  io.write(string.format('{"started": true, "thread": %d, "cpu_s": %.6f}\n', id, os.clock()))
+  io.stdout:flush()
+end
 
 local threads = {}
 

@@ -33,6 +33,7 @@ function init(args)
   before_bulk = template:sub(1, bulk_at - 1)
   between = template:sub(bulk_at + 6, id_at - 1)
   after_id = template:sub(id_at + 4)
+  common.started()
 end
 
 function request()

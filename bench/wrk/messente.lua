@@ -32,6 +32,7 @@ function init(args)
     line_no = line_no + 1
   end
   assert(count > 0, "no requests for thread " .. id .. " in " .. args[1])
+  common.started()
 end
 
 function request()

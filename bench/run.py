@@ -704,7 +704,7 @@ def print_end_to_end(rows: list[tuple[Workload, str, dict[str, Any]]]) -> None:
         print(
             f"| {workload.name} | {_num(s['reports_per_s'])} | {_num(s['backlog_at_stop'])} | "
             f"{_num(s['drain_s'], '.2f')} | {_num(mine)} | {_num(naive)} | "
-            f"{_num(ratio, '.2f')}x | {_num(s['projected_per_s'])} | "
+            f"{_num(ratio, '.2f')}{'' if ratio is None else 'x'} | {_num(s['projected_per_s'])} | "
             f"{_num(s['projection_lag_p50_ms'], '.1f')} / "
             f"{_num(s['projection_lag_p99_ms'], '.1f')} |"
         )

@@ -45,15 +45,16 @@ def wrk_binary() -> str:
     if found is None:
         raise SystemExit(
             "bench: wrk is not installed; it is the benchmark's load generator.\n"
-            f"Install it with: sudo {SETUP} (runs apt-get install wrk, Debian's wrk 4.1.0)"
+            f"Install it, as root, with: {SETUP} (apt-get install wrk: Debian's wrk 4.1.0)"
         )
     return found
 
 
 def messente_requests_needed(duration: int, threads: int) -> int:
     """Enough signed requests that no run sends one twice, at up to 20,000 requests/s (the
-    no-op server on this machine does less). A run that does wrap around is reported."""
-    return max(150_000, duration * 20_000, threads)
+    no-op server on this machine does less), up to 600,000 (about 300 MB in wrk's LuaJIT heap,
+    which is limited). A run that does wrap around is reported."""
+    return max(150_000, min(duration * 20_000, 600_000), threads)
 
 
 def write_messente_requests(path: Path, count: int) -> None:

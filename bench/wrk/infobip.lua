@@ -4,7 +4,7 @@
 --   wrk ... -s bench/wrk/infobip.lua URL -- NONCE REPORTS_PER_REQUEST TEMPLATE
 --
 -- NONCE makes the ids of one run unique among runs; TEMPLATE is one report as JSON (from
--- bench.load.infobip_batch, so the shape is the Python generator's) with @BULK@ and @ID@ where
+-- bench.load.infobip_report, the shape of the Python generator's) with @BULK@ and @ID@ where
 -- bulkId and messageId go. A thread's n-th report gets messageId NONCE-tID-bB-I, with B = n / 100
 -- and I = n % 100, in bulk NONCE-tID-bB: a bulk is 100 reports, in one request or in 100.
 local common = require("common")

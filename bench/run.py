@@ -347,15 +347,13 @@ def _http(
 
 
 def projection_status(url: str) -> dict[str, Any] | None:
-    """`projection` of GET /readyz ({"backlog_rows", "lag_seconds"}), or None if the receiver
-    does not report one (before the journal-first receiver) or is not ready."""
+    """`projection` of GET /readyz ({"backlog_rows", "lag_seconds"}), whatever its status, or
+    None if the receiver does not report one (before the journal-first receiver)."""
     try:
-        status, body = _http("GET", url + "/readyz")
+        _, body = _http("GET", url + "/readyz")
     except OSError:
         return None
-    if status != 200:
-        return None
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, AttributeError):
         projection = json.loads(body).get("projection")
         if isinstance(projection, dict):
             return projection

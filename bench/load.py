@@ -142,8 +142,9 @@ async def forward(
                 assert resp.status == 201, await resp.text()
 
         async def send(n: int) -> None:
-            message_id = f"{nonce}-fwd-{n}"
-            body = json.dumps({"results": [infobip_report(f"{nonce}-fwd", message_id)]})
+            bulk = f"{nonce}-fwd-b{n // 100}"  # bulks of 100, as in the ingest workloads
+            message_id = f"{bulk}-{n % 100}"
+            body = json.dumps({"results": [infobip_report(bulk, message_id)]})
             async with session.post(url + "/webhooks/infobip", data=body, headers=headers) as r:
                 await r.read()
                 if 200 <= r.status < 300:

@@ -88,18 +88,23 @@ class Forwarder:
         settler = asyncio.create_task(self.delivered.run(), name="forward-settle")
         try:
             while not self._stopping:
+                # Cleared before looking for work, never after: a NOTIFY or a freed slot that
+                # arrives while we look leaves it set, so the wait below ends at once instead
+                # of at the fallback poll.
+                self._wake.clear()
                 try:
                     await self._listen()
-                    claimed = await self._claim()
+                    if await self._claim():
+                        continue  # there may be more due right now
+                    idle = await self._idle_for()
                 except Exception as exc:
                     # The forwarder must outlive any one failure: log, back off, go on.
                     log_loop_failure("forward", exc)
                     await self._drop_listener()
                     await asyncio.sleep(1)
                     continue
-                if claimed:
-                    continue  # there may be more due right now
-                await self._sleep()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), idle)
         finally:
             await self._drop_listener()
             if self._inflight:
@@ -147,18 +152,13 @@ class Forwarder:
         if not task.cancelled() and task.exception() is not None:
             log.error("forward.crashed", error=repr(task.exception()))
 
-    async def _sleep(self) -> None:
-        timeout = self._settings.forward_poll_interval
-        with suppress(Exception):
-            async with connection(self._pool) as conn:
-                due_in = await forward_queries.next_due_in(conn)
-            if due_in is not None:
-                timeout = max(0.0, min(timeout, due_in))
-        if self._stopping:
-            return
-        self._wake.clear()
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+    async def _idle_for(self) -> float:
+        """How long to wait for a wake-up before looking again: until the next delivery is
+        due, at most the fallback poll interval."""
+        async with connection(self._pool) as conn:
+            due_in = await forward_queries.next_due_in(conn)
+        poll = self._settings.forward_poll_interval
+        return poll if due_in is None else max(0.0, min(poll, due_in))
 
     async def _deliver(self, row: asyncpg.Record) -> None:
         semaphore = self._per_subscription.setdefault(

@@ -1,0 +1,137 @@
+"""The forwarder under uneven subscribers: a hung one delays only itself, a fast one is given
+room, a NOTIFY is never missed. Real subscriber servers on loopback, real Postgres."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from receiver import forward_queries
+from receiver.db import open_pool
+from receiver.forward import Forwarder, http_client, new_secret
+from receiver.settings import Settings
+from tests.integration.test_forwarding import forwarding_settings
+
+Server = Callable[..., Awaitable[TestServer]]
+
+
+@dataclass
+class Endpoint:
+    """A subscriber that answers after `delay`, or not until `release` is set when it hangs;
+    it counts what it got and the most requests it had open at once."""
+
+    delay: float = 0.0
+    hangs: bool = False
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    received: list[str] = field(default_factory=list)
+    arrival: asyncio.Event = field(default_factory=asyncio.Event)
+    open: int = 0
+    most_open: int = 0
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            if self.hangs:
+                # Bounded, so a failing test still ends; the test server cancels this handler
+                # when the forwarder gives up on the request, which is what `open` counts.
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self.release.wait(), 30)
+            elif self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.open -= 1
+        self.received.append(request.headers["webhook-id"])
+        self.arrival.set()
+        return web.Response(status=204)
+
+    async def has(self, count: int, within: float) -> None:
+        """Wait until `count` deliveries have arrived; fail the test if not within `within`."""
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    self.arrival.clear()
+                    if len(self.received) >= count:
+                        return
+                    await self.arrival.wait()
+        except TimeoutError:
+            raise AssertionError(f"{len(self.received)} of {count} arrived in {within}s") from None
+
+
+async def endpoint(aiohttp_server: Server, **fields: Any) -> Endpoint:
+    point = Endpoint(**fields)
+    app = web.Application()
+    app.router.add_post("/hook", point.handle)
+    server = await aiohttp_server(app)
+    point.url = str(server.make_url("/hook"))
+    return point
+
+
+async def subscription(db: asyncpg.Connection, url: str) -> uuid.UUID:
+    row = await forward_queries.create_subscription(
+        db,
+        url=url,
+        description=None,
+        statuses=None,
+        providers=None,
+        enabled=True,
+        secret=new_secret(),
+    )
+    subscription_id: uuid.UUID = row["id"]
+    return subscription_id
+
+
+async def enqueue(db: asyncpg.Connection, subscription_id: uuid.UUID, count: int) -> None:
+    """Queue `count` deliveries and wake the forwarders, in one commit, as ingest does."""
+    async with db.transaction():
+        await db.execute(
+            """
+            insert into deliveries (id, subscription_id, event_id, provider, message_key, seq,
+                                    status, payload)
+            select gen_random_uuid(), $1, e.id, 'messente', e.id, 1, 'delivered',
+                   jsonb_build_object('type', 'message.status', 'id', e.id,
+                                      'data', jsonb_build_object('message_id', e.id))
+            from (select 'evt_' || gen_random_uuid()::text as id
+                  from generate_series(1, $2)) as e
+            """,
+            subscription_id,
+            count,
+        )
+        await db.execute("select pg_notify($1, '')", forward_queries.CHANNEL)
+
+
+@asynccontextmanager
+async def forwarding(database_url: str, settings: Settings) -> AsyncIterator[Forwarder]:
+    async with open_pool(database_url, 4) as pool, http_client(settings) as session:
+        fwd = Forwarder(pool, session, settings)
+        task = asyncio.create_task(fwd.run())
+        try:
+            yield fwd
+        finally:
+            fwd.stop()
+            await task
+
+
+async def test_a_notify_while_the_forwarder_looks_for_work_is_not_missed(
+    database_url: str, aiohttp_server: Server, db: asyncpg.Connection
+) -> None:
+    # The fallback poll is far longer than a trial, so only a NOTIFY can deliver in time. Each
+    # trial queues a second delivery a moment after a first, sweeping the gap across the few
+    # milliseconds the forwarder spends looking for more work after taking the first.
+    point = await endpoint(aiohttp_server)
+    subscription_id = await subscription(db, point.url)
+    settings = forwarding_settings(database_url, forward_poll_interval=60.0)
+    async with forwarding(database_url, settings):
+        for trial in range(200):
+            await enqueue(db, subscription_id, 1)
+            await asyncio.sleep((trial % 25) * 0.0002)
+            await enqueue(db, subscription_id, 1)
+            await point.has(2 * (trial + 1), within=2)

@@ -10,6 +10,7 @@ import random
 import secrets
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
@@ -73,7 +74,8 @@ class Forwarder:
         self._allow = parse_networks(settings.forward_allow_networks)
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
-        self._per_subscription: dict[uuid.UUID, asyncio.Semaphore] = {}
+        # Requests in flight per subscription: what its claims may take is what is left.
+        self._busy: Counter[uuid.UUID] = Counter()
         self._listener: asyncpg.Connection | None = None
         self._stopping = False
         self.delivered = _SettleTogether(pool)
@@ -138,9 +140,18 @@ class Forwarder:
         free = self._settings.forward_concurrency - len(self._inflight)
         if free <= 0:
             return 0
+        ceiling = self._settings.forward_per_subscription
+        room = {sub: max(0, ceiling - busy) for sub, busy in self._busy.items()}
         async with connection(self._pool) as conn:
-            rows = await forward_queries.claim(conn, free, self._settings.forward_lease)
+            rows = await forward_queries.claim(
+                conn,
+                room=room,
+                room_for_others=ceiling,
+                limit=free,
+                lease_seconds=self._settings.forward_lease,
+            )
         for row in rows:
+            self._busy[row["subscription_id"]] += 1
             task = asyncio.create_task(self._deliver(row))
             self._inflight.add(task)
             task.add_done_callback(self._finished)
@@ -153,21 +164,29 @@ class Forwarder:
             log.error("forward.crashed", error=repr(task.exception()))
 
     async def _idle_for(self) -> float:
-        """How long to wait for a wake-up before looking again: until the next delivery is
-        due, at most the fallback poll interval."""
-        async with connection(self._pool) as conn:
-            due_in = await forward_queries.next_due_in(conn)
+        """How long to wait for a wake-up before looking again: until the next delivery that
+        could be claimed is due, at most the fallback poll interval. With no slot free, only a
+        finishing delivery (which wakes us) can change anything."""
         poll = self._settings.forward_poll_interval
+        if len(self._inflight) >= self._settings.forward_concurrency:
+            return poll
+        ceiling = self._settings.forward_per_subscription
+        full = [sub for sub, busy in self._busy.items() if busy >= ceiling]
+        async with connection(self._pool) as conn:
+            due_in = await forward_queries.next_due_in(conn, full)
         return poll if due_in is None else max(0.0, min(poll, due_in))
 
     async def _deliver(self, row: asyncpg.Record) -> None:
-        semaphore = self._per_subscription.setdefault(
-            row["subscription_id"], asyncio.Semaphore(self._settings.forward_per_subscription)
-        )
-        async with semaphore:
+        subscription = row["subscription_id"]
+        try:
             started = time.monotonic()
             status, retry_after, error = await self._post(row)
             duration_ms = int((time.monotonic() - started) * 1000)
+        finally:
+            self._busy[subscription] -= 1
+            if self._busy[subscription] <= 0:
+                del self._busy[subscription]
+            self._wake.set()  # the subscription has room again
         ok = status is not None and 200 <= status < 300
         self._metrics.inc("dlr_forward_attempts_total", result="delivered" if ok else "failed")
         await self._settle(row, status, retry_after, error, duration_ms)

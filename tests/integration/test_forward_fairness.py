@@ -120,6 +120,31 @@ async def forwarding(database_url: str, settings: Settings) -> AsyncIterator[For
             await task
 
 
+async def test_a_hung_subscriber_delays_only_itself(
+    database_url: str, aiohttp_server: Server, db: asyncpg.Connection
+) -> None:
+    hung = await endpoint(aiohttp_server, hangs=True)
+    healthy = await endpoint(aiohttp_server)
+    # The hung subscriber's backlog is older, so a claim in due order would take it first.
+    await enqueue(db, await subscription(db, hung.url), 40)
+    await enqueue(db, await subscription(db, healthy.url), 20)
+    settings = forwarding_settings(
+        database_url,
+        forward_concurrency=8,
+        forward_per_subscription=4,
+        # Longer than the test: the hung subscriber's requests never time out meanwhile.
+        forward_timeout=30.0,
+        forward_lease=60.0,
+    )
+    async with forwarding(database_url, settings):
+        try:
+            await healthy.has(20, within=5)
+            # The hung one was tried all along, but never with more than its share.
+            assert 1 <= hung.most_open <= 4
+        finally:
+            hung.release.set()  # before the forwarder stops: it waits for requests under way
+
+
 async def test_a_notify_while_the_forwarder_looks_for_work_is_not_missed(
     database_url: str, aiohttp_server: Server, db: asyncpg.Connection
 ) -> None:

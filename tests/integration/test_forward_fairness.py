@@ -160,3 +160,27 @@ async def test_a_notify_while_the_forwarder_looks_for_work_is_not_missed(
             await asyncio.sleep((trial % 25) * 0.0002)
             await enqueue(db, subscription_id, 1)
             await point.has(2 * (trial + 1), within=2)
+
+
+async def test_a_disabled_subscriptions_backlog_does_not_keep_the_forwarder_busy(
+    database_url: str, aiohttp_server: Server, db: asyncpg.Connection
+) -> None:
+    # Pending deliveries of a disabled subscription (left by a 410, say) can never be claimed;
+    # if they count as due, the forwarder never waits and queries the database in a loop.
+    point = await endpoint(aiohttp_server)
+    subscription_id = await subscription(db, point.url)
+    await enqueue(db, subscription_id, 3)
+    await db.execute("update subscriptions set enabled = false")
+    settings = forwarding_settings(database_url, forward_poll_interval=0.5)
+    commits = "select xact_commit from pg_stat_database where datname = current_database()"
+    async with forwarding(database_url, settings):
+        await asyncio.sleep(0.5)
+        await db.execute("select pg_stat_clear_snapshot()")
+        before = await db.fetchval(commits)
+        # Backends report their counts about once a second while busy.
+        await asyncio.sleep(2.5)
+        await db.execute("select pg_stat_clear_snapshot()")
+        after = await db.fetchval(commits)
+    assert point.received == []
+    # Idle: about two statements per fallback poll, and the test's own.
+    assert after - before < 100, after - before

@@ -10,9 +10,9 @@ import random
 import secrets
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,6 +59,38 @@ async def http_client(settings: Settings) -> AsyncIterator[aiohttp.ClientSession
         yield session
 
 
+# A subscription's first window: small, so one that hangs from its first request holds few of
+# the forwarder's slots; one that answers well widens it to the ceiling in a few round trips.
+_FIRST_WINDOW = 4
+
+
+@dataclass
+class _Window:
+    """How many requests one subscription may have in flight from this forwarder.
+
+    Additive increase, multiplicative decrease, as TCP paces a connection: a quick 2xx to a
+    request sent while at least half the window was in use widens it by one, up to the ceiling
+    (RECEIVER_FORWARD_PER_SUBSCRIPTION), so a full window doubles each round trip; a timeout,
+    a failed connection, a 429 or 5xx, or a slow answer halves it, down to one. A fast
+    subscriber soon has the ceiling, and a hung one keeps a single request open rather than a
+    ceiling's worth of the forwarder's slots. Other answers (4xx, redirects) say nothing about
+    how loaded the subscriber is; a window that was not in use has not been tried, so it does
+    not grow.
+    """
+
+    size: int
+    inflight: int = 0
+
+    def room(self, ceiling: int) -> int:
+        return max(0, min(self.size, ceiling) - self.inflight)
+
+    def answered(self, status: int | None, slow: bool, sent_with: int, ceiling: int) -> None:
+        if slow or status is None or status == 429 or status >= 500:
+            self.size = max(1, self.size // 2)
+        elif 200 <= status < 300 and sent_with * 2 >= self.size:
+            self.size = min(ceiling, self.size + 1)
+
+
 class Forwarder:
     def __init__(
         self,
@@ -74,8 +106,9 @@ class Forwarder:
         self._allow = parse_networks(settings.forward_allow_networks)
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
-        # Requests in flight per subscription: what its claims may take is what is left.
-        self._busy: Counter[uuid.UUID] = Counter()
+        self._windows: dict[uuid.UUID, _Window] = {}
+        # An answer taking half the timeout is close to being a timeout: it counts as one.
+        self._slow = settings.forward_timeout / 2
         self._listener: asyncpg.Connection | None = None
         self._stopping = False
         self.delivered = _SettleTogether(pool)
@@ -141,18 +174,24 @@ class Forwarder:
         if free <= 0:
             return 0
         ceiling = self._settings.forward_per_subscription
-        room = {sub: max(0, ceiling - busy) for sub, busy in self._busy.items()}
         async with connection(self._pool) as conn:
             rows = await forward_queries.claim(
                 conn,
-                room=room,
-                room_for_others=ceiling,
+                room={sub: window.room(ceiling) for sub, window in self._windows.items()},
+                room_for_others=min(_FIRST_WINDOW, ceiling),
                 limit=free,
                 lease_seconds=self._settings.forward_lease,
             )
+        windows = []
         for row in rows:
-            self._busy[row["subscription_id"]] += 1
-            task = asyncio.create_task(self._deliver(row))
+            window = self._windows.setdefault(
+                row["subscription_id"], _Window(min(_FIRST_WINDOW, ceiling))
+            )
+            window.inflight += 1
+            windows.append(window)
+        for row, window in zip(rows, windows, strict=True):
+            # Counted after the whole claim: rows claimed together went out together.
+            task = asyncio.create_task(self._deliver(row, window, window.inflight))
             self._inflight.add(task)
             task.add_done_callback(self._finished)
         return len(rows)
@@ -171,25 +210,25 @@ class Forwarder:
         if len(self._inflight) >= self._settings.forward_concurrency:
             return poll
         ceiling = self._settings.forward_per_subscription
-        full = [sub for sub, busy in self._busy.items() if busy >= ceiling]
+        full = [sub for sub, window in self._windows.items() if window.room(ceiling) == 0]
         async with connection(self._pool) as conn:
             due_in = await forward_queries.next_due_in(conn, full)
         return poll if due_in is None else max(0.0, min(poll, due_in))
 
-    async def _deliver(self, row: asyncpg.Record) -> None:
-        subscription = row["subscription_id"]
+    async def _deliver(self, row: asyncpg.Record, window: "_Window", sent_with: int) -> None:
+        started = time.monotonic()
         try:
-            started = time.monotonic()
             status, retry_after, error = await self._post(row)
-            duration_ms = int((time.monotonic() - started) * 1000)
+            seconds = time.monotonic() - started
+            window.answered(
+                status, seconds >= self._slow, sent_with, self._settings.forward_per_subscription
+            )
         finally:
-            self._busy[subscription] -= 1
-            if self._busy[subscription] <= 0:
-                del self._busy[subscription]
+            window.inflight -= 1
             self._wake.set()  # the subscription has room again
         ok = status is not None and 200 <= status < 300
         self._metrics.inc("dlr_forward_attempts_total", result="delivered" if ok else "failed")
-        await self._settle(row, status, retry_after, error, duration_ms)
+        await self._settle(row, status, retry_after, error, int(seconds * 1000))
 
     async def _post(self, row: asyncpg.Record) -> tuple[int | None, str | None, str | None]:
         envelope = dict(row["payload"])

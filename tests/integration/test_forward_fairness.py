@@ -2,6 +2,7 @@
 room, a NOTIFY is never missed. Real subscriber servers on loopback, real Postgres."""
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -184,3 +185,43 @@ async def test_a_disabled_subscriptions_backlog_does_not_keep_the_forwarder_busy
     assert point.received == []
     # Idle: about two statements per fallback poll, and the test's own.
     assert after - before < 100, after - before
+
+
+async def test_a_fast_subscriber_gets_more_than_sixteen_requests_at_once(
+    database_url: str, aiohttp_server: Server, db: asyncpg.Connection
+) -> None:
+    # 200 ms per answer, however many at once: sixteen at a time (the old fixed limit) is 80
+    # deliveries/s. With the shipped defaults a subscriber that answers well is given more.
+    fast = await endpoint(aiohttp_server, delay=0.2)
+    await enqueue(db, await subscription(db, fast.url), 600)
+    settings = forwarding_settings(database_url, forward_timeout=10.0, forward_lease=60.0)
+    assert not {"forward_per_subscription", "forward_concurrency"} & settings.model_fields_set
+    began = time.monotonic()
+    async with forwarding(database_url, settings):
+        await fast.has(600, within=20)
+    elapsed = time.monotonic() - began
+    assert fast.most_open > 16
+    assert elapsed < 5.0, elapsed  # sixteen at once would take 7.5 s
+
+
+async def test_a_subscriber_that_times_out_is_left_one_request_at_a_time(
+    database_url: str, aiohttp_server: Server, db: asyncpg.Connection
+) -> None:
+    hung = await endpoint(aiohttp_server, hangs=True)
+    await enqueue(db, await subscription(db, hung.url), 40)
+    settings = forwarding_settings(
+        database_url,
+        forward_per_subscription=8,
+        forward_timeout=0.3,
+        forward_retry_schedule=(0.1,) * 20,
+        forward_lease=60.0,
+    )
+    async with forwarding(database_url, settings):
+        try:
+            # A few timeouts teach the forwarder; from then on it holds one request open.
+            await asyncio.sleep(1.5)
+            hung.most_open = hung.open
+            await asyncio.sleep(1.0)
+            assert hung.most_open <= 1
+        finally:
+            hung.release.set()

@@ -235,9 +235,10 @@ class Forwarder:
         envelope["timestamp"] = datetime.now(UTC).isoformat()
         body = json.dumps(envelope).encode()
         timestamp = int(time.time())
-        signatures = [sign(row["secret"], row["event_id"], timestamp, body)]
-        if row["previous_secret"]:
-            signatures.append(sign(row["previous_secret"], row["event_id"], timestamp, body))
+        signatures = [
+            sign(secret, row["event_id"], timestamp, body)
+            for secret in (row["secret"], *row["previous_secrets"])
+        ]
         headers = {
             "Content-Type": "application/json",
             "webhook-id": row["event_id"],

@@ -83,19 +83,27 @@ async def update_subscription(
 
 
 async def rotate_secret(
-    conn: Conn, id_: uuid.UUID, secret: str, grace_seconds: float
+    conn: Conn, id_: uuid.UUID, secret: str, grace_seconds: float, most_old: int
 ) -> asyncpg.Record | None:
+    """Make `secret` the signing secret; None if there is no such subscription, or if
+    `most_old` replaced secrets are still in their grace period (nothing changes then)."""
     return await conn.fetchrow(
         """
-        update subscriptions set previous_secret = secret, secret = $2,
-            previous_secret_expires_at = now() + make_interval(secs => $3),
+        -- The secret replaced now, and every earlier one still in its grace period, keep
+        -- signing; only those whose grace has ended are dropped.
+        update subscriptions set secret = $2,
+            previous_secrets =
+                array[row(secret, now() + make_interval(secs => $3))::retired_secret]
+                || array(select p from unnest(previous_secrets) p where p.expires_at > now()),
             updated_at = now()
         where id = $1
+          and (select count(*) from unnest(previous_secrets) p where p.expires_at > now()) < $4
         returning *
         """,
         id_,
         secret,
         grace_seconds,
+        most_old,
     )
 
 
@@ -158,8 +166,8 @@ async def claim(
         from chosen, subscriptions s
         where d.id = chosen.id and s.id = d.subscription_id
         returning d.id, d.subscription_id, d.event_id, d.payload, d.attempts, s.url, s.secret,
-                  case when s.previous_secret_expires_at > now() then s.previous_secret end
-                      as previous_secret
+                  array(select p.secret from unnest(s.previous_secrets) p
+                        where p.expires_at > now()) as previous_secrets
         """,
         list(room),
         list(room.values()),

@@ -62,6 +62,7 @@ async def http_client(settings: Settings) -> AsyncIterator[aiohttp.ClientSession
 # A subscription's first window: small, so one that hangs from its first request holds few of
 # the forwarder's slots; one that answers well widens it to the ceiling in a few round trips.
 _FIRST_WINDOW = 4
+_LOCKED_PAUSE = 0.05  # seconds; see _idle_for
 
 
 @dataclass
@@ -213,9 +214,11 @@ class Forwarder:
         full = [sub for sub, window in self._windows.items() if window.room(ceiling) == 0]
         async with connection(self._pool) as conn:
             due_in = await forward_queries.next_due_in(conn, full)
-        return poll if due_in is None else max(0.0, min(poll, due_in))
+        # Due now yet not claimed: another transaction holds the row (SKIP LOCKED passed it
+        # over), perhaps for long. A short pause keeps that from becoming a busy loop.
+        return poll if due_in is None else max(_LOCKED_PAUSE, min(poll, due_in))
 
-    async def _deliver(self, row: asyncpg.Record, window: "_Window", sent_with: int) -> None:
+    async def _deliver(self, row: asyncpg.Record, window: _Window, sent_with: int) -> None:
         started = time.monotonic()
         try:
             status, retry_after, error = await self._post(row)

@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     # Well above the per-subscription ceiling, so one subscriber can never take every slot.
     forward_concurrency: int = Field(default=256, gt=0)
     # The most requests in flight from one forwarder to one subscription: the ceiling of its
-    # adaptive window, which starts at 4, widens while answers come quick and successful and
+    # adaptive window, which starts at 16, widens while answers come quick and successful and
     # halves on a timeout, error or slow answer (see forward._Window).
     forward_per_subscription: int = Field(default=64, gt=0)
     # A claimed delivery returns to the queue after this long if its forwarder vanished.

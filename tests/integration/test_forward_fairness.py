@@ -1,5 +1,6 @@
 """The forwarder under uneven subscribers: a hung one delays only itself, a fast one is given
-room, a NOTIFY is never missed. Real subscriber servers on loopback, real Postgres."""
+room, a NOTIFY is never missed, and a backlog it cannot take never makes it spin. Real
+subscriber servers on loopback, real Postgres."""
 
 import asyncio
 import time

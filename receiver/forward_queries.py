@@ -1,7 +1,7 @@
 """The SQL of forwarding: subscriptions, the delivery outbox, claims and attempts."""
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -83,19 +83,27 @@ async def update_subscription(
 
 
 async def rotate_secret(
-    conn: Conn, id_: uuid.UUID, secret: str, grace_seconds: float
+    conn: Conn, id_: uuid.UUID, secret: str, grace_seconds: float, most_old: int
 ) -> asyncpg.Record | None:
+    """Make `secret` the signing secret; None if there is no such subscription, or if
+    `most_old` replaced secrets are still in their grace period (nothing changes then)."""
     return await conn.fetchrow(
         """
-        update subscriptions set previous_secret = secret, secret = $2,
-            previous_secret_expires_at = now() + make_interval(secs => $3),
+        -- The secret replaced now, and every earlier one still in its grace period, keep
+        -- signing; only those whose grace has ended are dropped.
+        update subscriptions set secret = $2,
+            previous_secrets =
+                array[row(secret, now() + make_interval(secs => $3))::retired_secret]
+                || array(select p from unnest(previous_secrets) p where p.expires_at > now()),
             updated_at = now()
         where id = $1
+          and (select count(*) from unnest(previous_secrets) p where p.expires_at > now()) < $4
         returning *
         """,
         id_,
         secret,
         grace_seconds,
+        most_old,
     )
 
 
@@ -107,42 +115,84 @@ async def delete_subscription(conn: Conn, id_: uuid.UUID) -> bool:
 # The forwarder's side
 
 
-async def claim(conn: Conn, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
-    """Take due deliveries of enabled subscriptions, leasing them to this forwarder.
+async def claim(
+    conn: Conn,
+    *,
+    room: Mapping[uuid.UUID, int],
+    room_for_others: int,
+    limit: int,
+    lease_seconds: float,
+) -> list[asyncpg.Record]:
+    """Take due deliveries of enabled subscriptions, leasing them to this forwarder: from each
+    subscription at most its room (its free slots; `room_for_others` for one not in `room`),
+    at most `limit` in all, each subscription's first before anyone's second.
 
-    SKIP LOCKED lets several forwarders claim side by side without waiting on each other; the
-    lease (next_attempt_at pushed out) hands a row back if its forwarder dies.
+    Taking rows only where there is room means a slow subscriber's backlog is never claimed
+    to wait behind its own requests while holding the forwarder's slots. SKIP LOCKED lets
+    several forwarders claim side by side; the lease (next_attempt_at pushed out) hands a row
+    back if its forwarder dies.
     """
     return await conn.fetch(
         """
-        with due as (
-            select d.id from deliveries d
-            join subscriptions s on s.id = d.subscription_id and s.enabled
-            where d.state = 'pending' and d.next_attempt_at <= now()
-            order by d.next_attempt_at
-            limit $1
-            for update of d skip locked
+        with room as (
+            select s.id, coalesce(r.free, $3) as free
+            from subscriptions s
+            left join unnest($1::uuid[], $2::int[]) as r(id, free) on r.id = s.id
+            where s.enabled
+        ), due as (
+            -- One index range per subscription (deliveries_due_by_subscription_idx).
+            select d.id, d.next_attempt_at,
+                   row_number() over (partition by room.id order by d.next_attempt_at) as turn
+            from room
+            cross join lateral (
+                select id, next_attempt_at from deliveries
+                where subscription_id = room.id and state = 'pending'
+                  and next_attempt_at <= now()
+                order by next_attempt_at
+                limit least(room.free, $4)
+            ) d
+            where room.free > 0
+        ), chosen as (
+            -- Locked once chosen, not as candidates: with many subscriptions behind, that
+            -- would lock far more rows than are taken. The conditions are checked again on
+            -- the locked row, so one another forwarder has just leased is passed over.
+            select id from deliveries
+            where id in (select id from due order by turn, next_attempt_at limit $4)
+              and state = 'pending' and next_attempt_at <= now()
+            for update skip locked
         )
         update deliveries d
-        set attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
-        from due, subscriptions s
-        where d.id = due.id and s.id = d.subscription_id
+        set attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $5)
+        from chosen, subscriptions s
+        where d.id = chosen.id and s.id = d.subscription_id
         returning d.id, d.subscription_id, d.event_id, d.payload, d.attempts, s.url, s.secret,
-                  case when s.previous_secret_expires_at > now() then s.previous_secret end
-                      as previous_secret
+                  array(select p.secret from unnest(s.previous_secrets) p
+                        where p.expires_at > now()) as previous_secrets
         """,
+        list(room),
+        list(room.values()),
+        room_for_others,
         limit,
         lease_seconds,
     )
 
 
-async def next_due_in(conn: Conn) -> float | None:
-    """Seconds until the earliest pending delivery is due (None if there is none)."""
+async def next_due_in(conn: Conn, full: Sequence[uuid.UUID]) -> float | None:
+    """Seconds until the earliest pending delivery that could be claimed is due (None if there
+    is none): of enabled subscriptions, and not of those in `full`, which have no room."""
     value = await conn.fetchval(
         """
-        select extract(epoch from min(next_attempt_at) - now())::float8
-        from deliveries where state = 'pending'
-        """
+        select extract(epoch from min(d.next_attempt_at) - now())::float8
+        from subscriptions s
+        cross join lateral (
+            select next_attempt_at from deliveries
+            where subscription_id = s.id and state = 'pending'
+            order by next_attempt_at
+            limit 1
+        ) d
+        where s.enabled and s.id <> all($1::uuid[])
+        """,
+        list(full),
     )
     return None if value is None else float(value)
 

@@ -102,8 +102,13 @@ class Settings(BaseSettings):
         36000,
     )
     forward_timeout: float = Field(default=10.0, gt=0)
-    forward_concurrency: int = Field(default=32, gt=0)
-    forward_per_subscription: int = Field(default=16, gt=0)
+    # Requests in flight from one forwarder, to all subscriptions (also its connection limit).
+    # Well above the per-subscription ceiling, so one subscriber can never take every slot.
+    forward_concurrency: int = Field(default=256, gt=0)
+    # The most requests in flight from one forwarder to one subscription: the ceiling of its
+    # adaptive window, which starts at 16, widens while answers come quick and successful and
+    # halves on a timeout, error or slow answer (see forward._Window).
+    forward_per_subscription: int = Field(default=64, gt=0)
     # A claimed delivery returns to the queue after this long if its forwarder vanished.
     forward_lease: float = Field(default=300.0, gt=0)
     # LISTEN/NOTIFY wakes the forwarder at once; this is the fallback poll.

@@ -2,7 +2,7 @@
 
 import asyncio
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import asyncpg
@@ -65,6 +65,11 @@ class _Rotate(BaseModel):
     grace_seconds: float = Field(default=86400, ge=0, le=30 * 86400)
 
 
+# Old secrets that may sign at once. Each is another webhook-signature entry on every request;
+# rather than drop one early (failing a receiver still on it), a rotation beyond is refused.
+_MOST_OLD_SECRETS = 10
+
+
 class _ReplayRange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -115,6 +120,8 @@ async def _check_target(request: web.Request, url: str) -> None:
 
 
 def _view(row: asyncpg.Record, secret: str | None = None) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    expiries = sorted(p["expires_at"] for p in row["previous_secrets"] if p["expires_at"] > now)
     view = {
         "id": str(row["id"]),
         "url": row["url"],
@@ -124,7 +131,10 @@ def _view(row: asyncpg.Record, secret: str | None = None) -> dict[str, Any]:
         "enabled": row["enabled"],
         "disabled_reason": row["disabled_reason"],
         "failing_since": row["failing_since"],
-        "previous_secret_expires_at": row["previous_secret_expires_at"],
+        # Until when each old secret signs beside the current one; the last of them alone,
+        # under the name it had when only one old secret could sign.
+        "previous_secrets_expire_at": expiries,
+        "previous_secret_expires_at": expiries[-1] if expiries else None,
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }
@@ -193,10 +203,22 @@ async def delete(request: web.Request) -> web.Response:
 async def rotate_secret(request: web.Request) -> web.Response:
     rotate = await _body(request, _Rotate)
     secret = new_secret()
+    subscription_id = _id(request)
     async with connection(request.app[POOL]) as conn:
-        row = await forward_queries.rotate_secret(conn, _id(request), secret, rotate.grace_seconds)
-    if row is None:
-        raise ApiError(404, "not_found", "no such subscription")
+        row = await forward_queries.rotate_secret(
+            conn, subscription_id, secret, rotate.grace_seconds, _MOST_OLD_SECRETS
+        )
+        if row is None:
+            current = await forward_queries.get_subscription(conn, subscription_id)
+            if current is None:
+                raise ApiError(404, "not_found", "no such subscription")
+            expiries = _view(current)["previous_secrets_expire_at"]
+            clears = f"; the first stops signing at {expiries[0].isoformat()}" if expiries else ""
+            raise ApiError(
+                409,
+                "too_many_secrets",
+                f"{_MOST_OLD_SECRETS} earlier secrets are still in their grace period{clears}",
+            )
     return json_response(_view(row, secret))
 
 

@@ -340,6 +340,62 @@ async def test_rotated_secret_signs_beside_the_old_one(
     Webhook(rotated["secret"]).verify(body, lowered)
 
 
+async def rotate(client: Client, subscription_id: str, grace_seconds: float) -> Any:
+    return await client.post(
+        f"/v1/subscriptions/{subscription_id}/rotate-secret",
+        json={"grace_seconds": grace_seconds},
+        headers=AUTH,
+    )
+
+
+async def test_every_secret_in_its_grace_period_keeps_signing(
+    fclient: Client, subscriber: Subscriber
+) -> None:
+    sub = await subscribe(fclient, subscriber.url)
+    first = sub["secret"]
+    # The first rotation's grace ends at once; the second's and third's last an hour, so the
+    # secrets they replaced (the second and the third) sign, the first does not.
+    second = (await (await rotate(fclient, sub["id"], 0)).json())["secret"]
+    third = (await (await rotate(fclient, sub["id"], 3600)).json())["secret"]
+    resp = await rotate(fclient, sub["id"], 3600)
+    assert resp.status == 200
+    current = (await resp.json())["secret"]
+    await report(fclient, "omni-rot2", "DELIVRD")
+
+    async def one() -> bool:
+        return len(subscriber.received) == 1
+
+    await eventually(one)
+    headers, body, _ = subscriber.received[0]
+    lowered = {k.lower(): v for k, v in headers.items()}
+    assert len(lowered["webhook-signature"].split(" ")) == 3
+    for secret in (current, third, second):
+        Webhook(secret).verify(body, lowered)
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    with pytest.raises(WebhookVerificationError):
+        Webhook(first).verify(body, lowered)
+    # The view says until when each old secret signs (not the secrets themselves).
+    view = await (await fclient.get(f"/v1/subscriptions/{sub['id']}", headers=AUTH)).json()
+    assert len(view["previous_secrets_expire_at"]) == 2
+    assert view["previous_secret_expires_at"] == max(view["previous_secrets_expire_at"])
+
+
+async def test_rotating_while_ten_old_secrets_still_sign_is_refused(client: Client) -> None:
+    sub = await subscribe(client, "https://hooks.example.com/dlr")
+    for _ in range(10):
+        assert (await rotate(client, sub["id"], 3600)).status == 200
+    # An eleventh would make twelve signatures on every request; dropping one early instead
+    # would break a receiver still on it. Refused, with when the way clears.
+    resp = await rotate(client, sub["id"], 3600)
+    assert resp.status == 409
+    error = (await resp.json())["error"]
+    assert error["code"] == "too_many_secrets"
+    # A rotation with no grace adds no signing secret, but it still has to wait.
+    assert (await rotate(client, sub["id"], 0)).status == 409
+    assert (await rotate(client, "00000000-0000-0000-0000-000000000000", 0)).status == 404
+
+
 async def test_two_forwarders_on_one_database_deliver_each_event_once(
     database_url: str, aiohttp_client: AiohttpClient, subscriber: Subscriber, db: asyncpg.Connection
 ) -> None:
@@ -371,9 +427,9 @@ async def test_two_forwarders_on_one_database_deliver_each_event_once(
 async def test_deliveries_that_finish_together_are_settled_together(
     database_url: str, aiohttp_client: AiohttpClient, db: asyncpg.Connection
 ) -> None:
-    # A subscriber that answers nobody until 10 requests are waiting (fewer than the 16 a
-    # subscription may have in flight), then everyone at once: deliveries that finish in the
-    # same moment should not cost a statement each.
+    # A subscriber that answers nobody until 10 requests are waiting (fewer than the 16 the
+    # forwarder sends a new subscription at once), then everyone at once: deliveries that
+    # finish in the same moment should not cost a statement each.
     arrived: list[str] = []
     release = asyncio.Event()
 

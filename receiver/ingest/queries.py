@@ -1,18 +1,16 @@
 """The SQL of ingest: appending to the journal, and projecting it onto the timeline.
 
-Rows of many columns travel as typed rows: a dataclass per row, sent as one JSON array and
-read back by column name (json_to_recordset), so no positional order has to agree anywhere.
-Those are slotted and not frozen: one is built for every report projected, and a frozen
-dataclass takes three times as long to build.
+Rows of many columns travel as typed rows: a named tuple per row, mirrored by a composite type
+in SQL, sent as one array of that type and read back by column name.
 """
 
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
-import pydantic_core
 
 from receiver.db import Conn
 from receiver.forward_queries import CHANNEL as NOTIFY_CHANNEL
@@ -212,8 +210,15 @@ async def subscription_filters(
     return [(r["statuses"], r["providers"]) for r in rows]
 
 
-@dataclass(slots=True)
-class MessageRow:
+# The rows a projection batch writes. Each mirrors a composite type of the same shape in
+# sql/migrations/0007_journal.sql (projected_message, ...): a list of them goes to Postgres as
+# one typed array, read back by column name, and the order of fields is said twice, here and
+# there, never again. Named tuples: one is built for every report projected.
+
+
+class MessageRow(NamedTuple):
+    """Mirrors projected_message."""
+
     provider: str
     key: str
     recipient: str | None
@@ -231,8 +236,9 @@ class MessageRow:
     version: int  # the version it was read at
 
 
-@dataclass(slots=True)
-class EventRow:
+class EventRow(NamedTuple):
+    """Mirrors projected_event."""
+
     provider: str
     message_key: str
     dedup_key: str
@@ -276,25 +282,23 @@ class EventRow:
         )
 
 
-@dataclass(slots=True)
-class UnmappedRow:
+class UnmappedRow(NamedTuple):
+    """Mirrors projected_unmapped."""
+
     provider: str
     provider_status: str
-    count: int
+    seen: int  # reports, added to the count
 
 
-@dataclass(slots=True)
-class DeliveryRow:
+class DeliveryRow(NamedTuple):
+    """Mirrors projected_delivery."""
+
     provider: str
     message_key: str
     seq: int
     status: str
     event_id: str
     payload: str  # jsonb text
-
-
-def _json(rows: Sequence[object]) -> str:
-    return pydantic_core.to_json(rows).decode()
 
 
 async def write_batch(
@@ -320,10 +324,7 @@ async def write_batch(
     await conn.execute(
         """
         with u as (
-            select * from json_to_recordset($1::json) as u(
-                provider text, key text, recipient text, group_key text, reference text,
-                channel_order text[], registered bool, status text, status_at timestamptz,
-                channel text, attempts text, seq int, poll bool, existed bool, version bigint)
+            select (m).* from unnest($1::projected_message[]) as m
         ), messages_updated as (
             -- Stored messages, only at the version the batch computed them from.
             update messages m set
@@ -362,17 +363,11 @@ async def write_batch(
             select provider, message_key, dedup_key, status, provider_status, provider_code,
                    error_code, error_text, permanent, channel, attempt_id, occurred_at,
                    received_at, clock_timestamp(), source, receipt_id, details::jsonb, corrects
-            from json_to_recordset($5::json) as e(
-                provider text, message_key text, dedup_key text, status text,
-                provider_status text, provider_code text, error_code text, error_text text,
-                permanent bool, channel text, attempt_id text, occurred_at timestamptz,
-                received_at timestamptz, source text, receipt_id uuid, details text,
-                corrects text)
+            from (select (e).* from unnest($5::projected_event[]) as e) as e
             on conflict (provider, message_key, dedup_key) do nothing
         ), unmapped_in as (
             insert into unmapped as um (provider, provider_status, count)
-            select * from json_to_recordset($7::json)
-                 as x(provider text, provider_status text, count bigint)
+            select (x).* from unnest($7::projected_unmapped[]) as x
             on conflict (provider, provider_status) do update
                 set count = um.count + excluded.count, last_seen = now()
         ), deliveries_in as (
@@ -380,9 +375,7 @@ async def write_batch(
                                     status, payload)
             select gen_random_uuid(), s.id, c.event_id, c.provider, c.message_key, c.seq,
                    c.status, c.payload::jsonb
-            from json_to_recordset($8::json) as c(
-                provider text, message_key text, seq int, status text, event_id text,
-                payload text)
+            from (select (c).* from unnest($8::projected_delivery[]) as c) as c
             join subscriptions s
               on s.enabled
              and (s.statuses is null or c.status = any(s.statuses))
@@ -399,13 +392,13 @@ async def write_batch(
                    + (select count(*) from messages_inserted)),
                (select count(*) from notified) as notified
         """,
-        _json(messages),
+        messages,
         [a[0] for a in aliases],
         [a[1] for a in aliases],
         [a[2] for a in aliases],
-        _json(events),
+        events,
         first_poll_in,
-        _json(unmapped),
-        _json(deliveries),
+        unmapped,
+        deliveries,
         NOTIFY_CHANNEL,
     )

@@ -74,6 +74,25 @@ create table projection_progress (
     updated_at timestamptz not null default now()
 );
 
+-- The rows a projection batch writes, each sent as one typed array and read by column name.
+-- receiver/ingest/queries.py mirrors each (MessageRow, EventRow, UnmappedRow, DeliveryRow):
+-- change both or neither.
+create type projected_message as (
+    provider text, key text, recipient text, group_key text, reference text,
+    channel_order text[], registered boolean, status text, status_at timestamptz, channel text,
+    attempts text, seq integer, poll boolean, existed boolean, version bigint
+);
+create type projected_event as (
+    provider text, message_key text, dedup_key text, status text, provider_status text,
+    provider_code text, error_code text, error_text text, permanent boolean, channel text,
+    attempt_id text, occurred_at timestamptz, received_at timestamptz, source text,
+    receipt_id uuid, details text, corrects text
+);
+create type projected_unmapped as (provider text, provider_status text, seen bigint);
+create type projected_delivery as (
+    provider text, message_key text, seq integer, status text, event_id text, payload text
+);
+
 -- What was stored as receipts becomes the journal's history, already projected.
 select journal_ensure_partitions(
     coalesce((select min(received_at)::date from receipts), current_date), current_date + 7);

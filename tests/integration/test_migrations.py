@@ -1,0 +1,56 @@
+"""Migrations over data, not only over an empty schema: what an older version stored survives
+the journal's arrival (0007) and reads as before."""
+
+import uuid
+
+import asyncpg
+
+from receiver import migrate
+from receiver.ingest import queries as ingest_queries
+
+
+async def test_receipts_stored_before_the_journal_become_its_projected_history(
+    database_url: str,
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("drop schema public cascade; create schema public")
+        before = [m for m in migrate.load() if m.version < 7]
+        await migrate.apply(conn, before)
+        receipt = uuid.uuid4()
+        # As version 0006 left it: a receipt, its message and event, and one kept raw only.
+        await conn.execute(
+            "insert into receipts (id, provider, source, body, problem, received_at)"
+            " values ($1, 'messente', 'webhook', 'body-1', null, now() - interval '3 days'),"
+            " ($2, 'messente', 'webhook', 'body-2', 'unreadable', now())",
+            receipt,
+            uuid.uuid4(),
+        )
+        await conn.execute(
+            "insert into messages (provider, key, status) values ('messente', 'm1', 'delivered')"
+        )
+        await conn.execute(
+            "insert into events (provider, message_key, dedup_key, status, source, receipt_id)"
+            " values ('messente', 'm1', 'd1', 'delivered', 'webhook', $1)",
+            receipt,
+        )
+
+        applied = await migrate.apply(conn)
+        assert applied == [m.version for m in migrate.load() if m.version >= 7]
+
+        rows = await conn.fetch(
+            "select receipt_id, body, problem, received_at from journal order by id"
+        )
+        assert [(r["body"], r["problem"]) for r in rows] == [
+            (b"body-1", None),
+            (b"body-2", "unreadable"),
+        ]
+        assert rows[0]["receipt_id"] == receipt
+        # Already projected: the projector must not apply history a second time.
+        assert await ingest_queries.backlog(conn) == (0, 0.0)
+        # The event keeps pointing at its receipt, and the old day has a partition of its own.
+        assert await conn.fetchval("select receipt_id from events") == receipt
+        assert await conn.fetchval("select count(*) from journal_default") == 0
+        assert await conn.fetchval("select to_regclass('receipts')") is None
+    finally:
+        await conn.close()

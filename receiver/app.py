@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from typing import Protocol, TypeVar
 
 import asyncpg
 from aiohttp import web
@@ -117,17 +118,33 @@ async def _keep_partitions(pool: asyncpg.Pool) -> None:
         await asyncio.sleep(3600)
 
 
+class _Loop(Protocol):
+    """A background loop: run() until stop() is called, then finish what it is doing."""
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+_L = TypeVar("_L", bound=_Loop)
+
+
+@asynccontextmanager
+async def _looping(loop: _L, name: str) -> AsyncIterator[_L]:
+    task = asyncio.create_task(loop.run(), name=name)
+    try:
+        yield loop
+    finally:
+        loop.stop()
+        await task
+
+
 @asynccontextmanager
 async def projector_running(
     pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
 ) -> AsyncIterator[Projector]:
-    projector = make_projector(pool, settings, metrics)
-    task = asyncio.create_task(projector.run(), name="project")
-    try:
+    async with _looping(make_projector(pool, settings, metrics), "project") as projector:
         yield projector
-    finally:
-        projector.stop()
-        await task
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -178,41 +195,30 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
 async def forwarder_running(
     pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
 ) -> AsyncIterator[Forwarder]:
-    async with http_client(settings) as session:
-        forwarder = Forwarder(pool, session, settings, metrics)
-        task = asyncio.create_task(forwarder.run(), name="forward")
-        try:
-            yield forwarder
-        finally:
-            forwarder.stop()
-            await task
+    async with (
+        http_client(settings) as session,
+        _looping(Forwarder(pool, session, settings, metrics), "forward") as forwarder,
+    ):
+        yield forwarder
 
 
 @asynccontextmanager
 async def poller_running(
     pool: asyncpg.Pool, journal: Journal, settings: Settings, metrics: Metrics | None = None
 ) -> AsyncIterator[Poller]:
-    async with poll_client(settings) as session:
-        poller = Poller(pool, journal, session, settings, metrics)
-        task = asyncio.create_task(poller.run(), name="poll")
-        try:
-            yield poller
-        finally:
-            poller.stop()
-            await task
+    async with (
+        poll_client(settings) as session,
+        _looping(Poller(pool, journal, session, settings, metrics), "poll") as poller,
+    ):
+        yield poller
 
 
 @asynccontextmanager
 async def retention_running(
     pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
 ) -> AsyncIterator[Retention]:
-    retention = Retention(pool, settings, metrics)
-    task = asyncio.create_task(retention.run(), name="retention")
-    try:
+    async with _looping(Retention(pool, settings, metrics), "retention") as retention:
         yield retention
-    finally:
-        retention.stop()
-        await task
 
 
 @asynccontextmanager

@@ -27,14 +27,19 @@ from receiver.reports import StatusUpdate
 
 log = structlog.get_logger()
 
+class _Undecodable(Exception):  # noqa: N818 - a state of a journal row
+    """A journal row whose updates this release cannot read."""
+
+
 # What makes one report unstorable rather than the database unavailable or the code wrong:
 # Postgres refusing a value (class 22: NUL in text, a number out of range; class 23: a check),
-# a value asyncpg cannot encode, or a journal row this release cannot decode.
+# a value asyncpg cannot encode, or a journal row this release cannot decode. Anything else
+# is a bug or an outage: the batch is not skipped, it is tried again.
 _POISON = (
     asyncpg.exceptions.DataError,
     asyncpg.exceptions.IntegrityConstraintViolationError,
     asyncpg_base.DataError,
-    ValueError,
+    _Undecodable,
 )
 
 
@@ -126,7 +131,7 @@ class Projector:
                 await self._apply_carefully(conn, rows)
             else:
                 if any(row.updates is None for row in rows):
-                    raise ValueError("a journal row could not be decoded")
+                    raise _Undecodable("a journal row could not be decoded")
                 self._count(rows, await self._apply(conn, rows))
             last = rows[-1].position
             await queries.advance(conn, last)

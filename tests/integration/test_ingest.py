@@ -276,3 +276,22 @@ async def test_a_few_requests_arriving_during_a_commit_wait_and_go_together(
     # The seed, the blocked write, and the twenty together.
     assert journal.transactions == 3
     assert await db.fetchval("select count(*) from journal") == 22
+
+
+async def test_a_journal_row_this_release_cannot_read_is_kept_with_its_problem_and_passed(
+    journal: Journal, pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    # Written by a later release (format 99), then read by this one: not a reason to stop.
+    unreadable = new_id()
+    await db.execute(
+        "insert into journal (receipt_id, provider, source, body, updates, update_count)"
+        " values ($1, 'messente', 'webhook', 'kept', $2, 1)",
+        unreadable,
+        b'{"v": 99, "u": []}',
+    )
+    await journal.append(receipt(), [update("after")])
+    assert await project_all(Projector(pool)) == 2
+    problem = await db.fetchval("select problem from journal where receipt_id = $1", unreadable)
+    assert "unreadable" in problem
+    assert "unknown format" in problem
+    assert await db.fetchval("select count(*) from events where message_key = 'after'") == 1

@@ -163,7 +163,8 @@ class Projector:
                         self._count([one], await self._apply(conn, [one]))
                 except _POISON as exc:
                     failed.append(f"report {update.dedup_key!r} not stored: {exc}")
-            await self._poisoned(conn, row, "; ".join(failed))
+            if failed:
+                await self._poisoned(conn, row, "; ".join(failed))
 
     async def _apply(self, conn: Conn, rows: list[_Row]) -> list[int]:
         return await apply(

@@ -27,6 +27,7 @@ from receiver.reports import StatusUpdate
 
 log = structlog.get_logger()
 
+
 class _Undecodable(Exception):  # noqa: N818 - a state of a journal row
     """A journal row whose updates this release cannot read."""
 

@@ -44,7 +44,10 @@ async def receive(request: web.Request) -> web.Response:
     content_type = request.headers.get(hdrs.CONTENT_TYPE)
     journal = request.app[JOURNAL]
     try:
-        parsed = provider.parse_webhook(body, content_type, datetime.now(UTC))
+        # A batch provider's body is only checked here and parsed in the projector, once:
+        # what it costs to validate every report of a batch waits until after the answer.
+        count = provider.check_webhook(body, content_type) if provider.check_webhook else None
+        parsed = None if count is not None else provider.parse_webhook(body, content_type, now())
     except InvalidReport as exc:
         # Authenticated but unreadable: keep the raw body, so a parser fix can still recover it.
         receipt = Receipt(provider.name, "webhook", body, content_type, problem=str(exc))
@@ -54,17 +57,22 @@ async def receive(request: web.Request) -> web.Response:
             400, "invalid_report", str(exc), extra={"receipt_id": str(receipt.id)}
         ) from exc
 
-    receipt = Receipt(provider.name, "webhook", body, content_type, problem=parsed.problem)
     # Committed to the journal is acknowledged: the timeline follows a moment later.
-    await journal.append(receipt, parsed.updates)
-    # Facts for the request's one log line (written by the access-log middleware).
+    if parsed is None:
+        assert count is not None
+        receipt = Receipt(provider.name, "webhook", body, content_type)
+        await journal.append_unparsed(receipt, count)
+        problems: list[str] = []  # found by the projector, kept on the receipt
+    else:
+        receipt = Receipt(provider.name, "webhook", body, content_type, problem=parsed.problem)
+        await journal.append(receipt, parsed.updates)
+        count, problems = len(parsed.updates), parsed.problems
+    # Facts for the request's one log line (written by the edge middleware).
     structlog.contextvars.bind_contextvars(
-        provider=provider.name, reports=len(parsed.updates), problems=len(parsed.problems)
+        provider=provider.name, reports=count, problems=len(problems)
     )
-    return json_response(
-        {
-            "receipt_id": str(receipt.id),
-            "reports": len(parsed.updates),
-            "problems": parsed.problems,
-        }
-    )
+    return json_response({"receipt_id": str(receipt.id), "reports": count, "problems": problems})
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

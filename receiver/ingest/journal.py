@@ -71,7 +71,13 @@ class Journal:
         """Store a receipt and its updates; returns once they are committed."""
         if self._runner is None or self._closing:
             raise RuntimeError("the journal is not running")
-        row = JournalRow.of(receipt, codec.encode(list(updates)), len(updates))
+        return await self._append(JournalRow.of(receipt, codec.encode(list(updates)), len(updates)))
+
+    async def append_unparsed(self, receipt: Receipt, reports: int) -> Position:
+        """Store a receipt whose body the projector parses (a batch provider's webhook)."""
+        return await self._append(JournalRow.of(receipt, None, reports))
+
+    async def _append(self, row: JournalRow) -> Position:
         future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         self._pending.append(_Submission(row, future))
         self._wakeup.set()

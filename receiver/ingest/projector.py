@@ -23,7 +23,8 @@ from receiver.ingest import codec, queries
 from receiver.ingest.apply import Entry, apply
 from receiver.ingest.journal import Position
 from receiver.metrics import Metrics
-from receiver.reports import StatusUpdate
+from receiver.providers import PROVIDERS
+from receiver.reports import InvalidReport, Parsed, StatusUpdate
 
 log = structlog.get_logger()
 
@@ -51,6 +52,8 @@ class _Row:
     provider: str
     updates: Sequence[StatusUpdate] | None  # None: the row could not be decoded
     problem: str | None = None
+    # What the projector's parse of the body could not read: written to the receipt.
+    noted: str | None = None
 
 
 class Projector:
@@ -134,6 +137,9 @@ class Projector:
                 if any(row.updates is None for row in rows):
                     raise _Undecodable("a journal row could not be decoded")
                 self._count(rows, await self._apply(conn, rows))
+            for row in rows:
+                if row.noted:
+                    await queries.note_problem(conn, row.position, row.noted)
             last = rows[-1].position
             await queries.advance(conn, last)
         self.batches += 1
@@ -149,6 +155,8 @@ class Projector:
             if row.updates is None:
                 await self._poisoned(conn, row, row.problem or "unreadable")
                 continue
+            if row.noted:
+                await queries.note_problem(conn, row.position, row.noted)
             try:
                 async with conn.transaction():
                     counts = await self._apply(conn, [row])
@@ -218,9 +226,26 @@ def _decode(record: asyncpg.Record) -> _Row:
         record["replays"] or record["receipt_id"], record["source"], record["received_at"]
     )
     position = (record["xid"], record["id"])
+    if record["updates"] is None:
+        return _parse(record, position, entry)
     try:
         updates: list[StatusUpdate] | None = codec.decode(record["updates"])
         problem = None
     except (ValueError, TypeError, KeyError) as exc:
         updates, problem = None, f"journal row unreadable: {type(exc).__name__}: {exc}"
     return _Row(position, entry, record["provider"], updates, problem)
+
+
+def _parse(record: asyncpg.Record, position: tuple[int, int], entry: Entry) -> _Row:
+    """A body journaled unparsed: read now, with the parser of its provider. What it cannot
+    read is written to the receipt's problem, as the request path would have."""
+    provider = PROVIDERS.get(record["provider"])
+    if provider is None or provider.parse_webhook is None:
+        return _Row(position, entry, record["provider"], None, "no parser for this provider")
+    try:
+        parsed = provider.parse_webhook(
+            record["body"], record["content_type"], record["received_at"]
+        )
+    except InvalidReport as exc:
+        parsed = Parsed([], [str(exc)])
+    return _Row(position, entry, record["provider"], parsed.updates, noted=parsed.problem)

@@ -27,12 +27,12 @@ class JournalRow:
     content_type: str | None
     body: bytes
     problem: str | None
-    updates: bytes
+    updates: bytes | None  # None: the projector parses the body
     update_count: int
     replays: uuid.UUID | None
 
     @classmethod
-    def of(cls, receipt: Receipt, updates: bytes, count: int) -> "JournalRow":
+    def of(cls, receipt: Receipt, updates: bytes | None, count: int) -> "JournalRow":
         return cls(
             receipt.id,
             receipt.provider,
@@ -119,10 +119,13 @@ async def read_journal(
     """
     return await conn.fetch(
         """
-        select xid, id, receipt_id, provider, source, received_at, updates, replays
+        select xid, id, receipt_id, provider, source, received_at, updates, replays, body,
+               content_type
         from (
             select j.xid::text::bigint as xid, j.id, j.receipt_id, j.provider, j.source,
-                   j.received_at, j.updates, j.replays, j.update_count,
+                   j.received_at, j.updates, j.replays, j.update_count, j.content_type,
+                   -- The body only where the projector is to parse it.
+                   case when j.updates is null then j.body end as body,
                    sum(j.update_count) over (order by j.xid, j.id) as upto
             from journal j
             where (j.xid, j.id) > ($1::text::xid8, $2)

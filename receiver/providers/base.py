@@ -37,6 +37,9 @@ class Registration:
 Verifier = Callable[[Settings, Mapping[str, str], bytes], Verification]
 # parse(raw body, content type, arrival time) -> Parsed
 WebhookParser = Callable[[bytes, str | None, datetime], Parsed]
+# A batch provider's cheap look at a body on the acknowledgement path: InvalidReport for what
+# can never be read, else how many reports it holds, or None to have it parsed there and then.
+WebhookChecker = Callable[[bytes, str | None], int | None]
 RegistrationParser = Callable[[Registration], list[StatusUpdate]]
 
 
@@ -82,6 +85,9 @@ class Provider:
     # None for a provider that never pushes (Mercury is only polled).
     verify: Verifier | None = None
     parse_webhook: WebhookParser | None = None
+    # Given, the webhook's full parse runs in the projector, once, and the request path only
+    # checks the body (see receiver/webhooks.py); otherwise it parses on the request path.
+    check_webhook: WebhookChecker | None = None
     # Per-message status polling, and whether the settings hold what it needs.
     poll: Poller | None = None
     poll_configured: Callable[[Settings], bool] | None = None

@@ -103,13 +103,23 @@ def sign(secret: str, body: bytes) -> str:
     return sign_hex_hmac(secret, body, "sha1")
 
 
+def check_webhook(body: bytes, content_type: str | None) -> int:
+    """Checked here, parsed in the projector: a 400 is only for what is not JSON at all."""
+    document = _document(body)
+    return len(document) if isinstance(document, list) else 1
+
+
+def _document(body: bytes) -> Any:
+    try:
+        return loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidReport(f"body is not JSON: {exc}") from exc
+
+
 def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) -> Parsed:
     # Comapi never retries a 400 and then drops the event. So 400 only for bytes that are not
     # JSON at all; JSON of a shape we cannot read yet is acknowledged and kept raw instead.
-    try:
-        document = loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidReport(f"body is not JSON: {exc}") from exc
+    document = _document(body)
     envelopes = document if isinstance(document, list) else [document]
     updates: list[StatusUpdate] = []
     problems: list[str] = []
@@ -354,6 +364,7 @@ PROVIDER = Provider(
     parse_registration=parse_registration,
     verify=verify,
     parse_webhook=parse_webhook,
+    check_webhook=check_webhook,
     poll=poll,
     poll_configured=poll_configured,
 )

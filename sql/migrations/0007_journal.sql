@@ -22,7 +22,9 @@ create table journal (
     problem text,
     -- What the parser read, in receiver/ingest/codec.py's compact form (JSON as bytes: a
     -- provider's text may hold NUL, which jsonb refuses; the projector deals with that).
-    updates bytea not null,
+    -- Null: the projector parses the body (a batch provider's webhook, checked on arrival).
+    updates bytea,
+    -- How many reports it holds (for a null `updates`, how many the body says it has).
     update_count integer not null,
     -- A reprocess run: the receipt whose body this row read again (its events point there).
     replays uuid

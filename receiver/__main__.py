@@ -215,11 +215,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _supervise(settings: Settings, background: bool) -> None:
-    """RECEIVER_WORKERS HTTP processes on one port (SO_REUSEPORT), and one background process
-    for the projector, forwarder, poller and retention. The processes answering providers then
+    """RECEIVER_WORKERS HTTP processes on one port (SO_REUSEPORT), one background process for
+    the projector, poller and retention, and one forwarder. The processes answering providers
     have their cores to themselves: projection is the expensive part, and it may fall behind
-    a burst and catch up after it, where answers must not. They share nothing but the
-    database, which is all they ever share across hosts too. If one exits, all stop."""
+    a burst and catch up after it, where answers must not. The forwarder has its own too, as
+    a projection batch would hold its event loop for as long as the batch takes. They share
+    nothing but the database, which is all they ever share across hosts too. If one exits,
+    all stop."""
     assert settings.database_url is not None
     env = {
         **os.environ,
@@ -232,7 +234,9 @@ def _supervise(settings: Settings, background: bool) -> None:
         http_env.pop("RECEIVER_RETENTION_DAYS", None)
     children = [_spawn("serve", http_env) for _ in range(settings.workers)]
     if background:
-        children.append(_spawn("background", env))
+        children.append(_spawn("background", {**env, "RECEIVER_FORWARD_ENABLED": "false"}))
+        if settings.forward_enabled:
+            children.append(_spawn("forward", env))
 
     def stop(*_: object) -> None:
         for child in children:

@@ -203,7 +203,8 @@ def test_serve_with_two_workers_shares_one_port(database_url: str) -> None:
                 assert resp.status == 200
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         commands = sorted(Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")[3] for c in children)
-        # Two HTTP workers, and the background process (projector and the rest) beside them.
+        # Two HTTP workers, and the background process (projector and the rest) beside them;
+        # forwarding is off here, so no forwarder.
         assert commands == [b"background", b"serve", b"serve"]
     finally:
         proc.terminate()

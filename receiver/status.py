@@ -5,9 +5,9 @@ vocabulary is mirrored by CHECK constraints in sql/migrations/0001_initial.sql.
 """
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Status(StrEnum):
@@ -51,8 +51,7 @@ RANK: dict[Status, int] = {
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
     """One event as the rules see it: what it says, when it happened, on which channel."""
 
     status: Status
@@ -60,15 +59,13 @@ class Observation:
     channel: str | None = None
 
 
-@dataclass(frozen=True)
-class Attempt:
+class Attempt(NamedTuple):
     channel: str
     status: Status
     occurred_at: datetime | None
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     status: Status
     occurred_at: datetime | None
     channel: str | None

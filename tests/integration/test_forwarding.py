@@ -277,7 +277,14 @@ async def test_replay_of_a_time_range_sends_again_with_the_same_ids(
     async def count_ok(n: int) -> bool:
         return sum(subscriber.ok_ids().values()) == n
 
+    async def settled() -> bool:
+        delivered = "select count(*) from deliveries where state = 'delivered'"
+        return bool(await db.fetchval(delivered) == 3)
+
     await eventually(lambda: count_ok(3))
+    # Received is not yet settled: a replay racing a delivery's settling would be undone by
+    # it (the subscriber has it already), so the replay waits for all three to be recorded.
+    await eventually(settled)
     resp = await fclient.post(
         f"/v1/subscriptions/{sub['id']}/replay",
         json={"since": "2000-01-01T00:00:00Z"},

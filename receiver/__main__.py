@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
@@ -247,17 +248,17 @@ def _supervise(settings: Settings, background: bool) -> None:
     signal.signal(signal.SIGINT, stop)
     log.info("serve.processes", http=settings.workers, background=background)
     code = 0
-    while children:
-        pid, status = os.wait()
-        exited = [child for child in children if child.pid == pid]
-        if not exited:
-            continue
-        children.remove(exited[0])
-        exited[0].returncode = os.waitstatus_to_exitcode(status)
-        if exited[0].returncode not in (0, -signal.SIGTERM) and not code:
-            log.error("serve.child_exited", pid=pid, code=exited[0].returncode)
-            code = 1
-        stop()  # one gone: the service is not whole, so it stops (and is restarted whole)
+    running = list(children)
+    while running:
+        # Polled rather than os.wait(): stop() reaps through poll() too, and a child reaped
+        # there would never be reported to os.wait().
+        time.sleep(0.2)
+        for child in [c for c in running if c.poll() is not None]:
+            running.remove(child)
+            if child.returncode not in (0, -signal.SIGTERM) and not code:
+                log.error("serve.child_exited", pid=child.pid, code=child.returncode)
+                code = 1
+            stop()  # one gone: the service is not whole, so it stops (and is restarted whole)
     if code:
         raise SystemExit(code)
 

@@ -69,8 +69,6 @@ class Journal:
 
     async def append(self, receipt: Receipt, updates: Sequence[StatusUpdate]) -> Position:
         """Store a receipt and its updates; returns once they are committed."""
-        if self._runner is None or self._closing:
-            raise RuntimeError("the journal is not running")
         return await self._append(JournalRow.of(receipt, codec.encode(list(updates)), len(updates)))
 
     async def append_unparsed(self, receipt: Receipt, reports: int) -> Position:
@@ -78,6 +76,8 @@ class Journal:
         return await self._append(JournalRow.of(receipt, None, reports))
 
     async def _append(self, row: JournalRow) -> Position:
+        if self._runner is None or self._closing:
+            raise RuntimeError("the journal is not running")
         future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         self._pending.append(_Submission(row, future))
         self._wakeup.set()

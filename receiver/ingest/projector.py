@@ -137,9 +137,9 @@ class Projector:
                 if any(row.updates is None for row in rows):
                     raise _Undecodable("a journal row could not be decoded")
                 self._count(rows, await self._apply(conn, rows))
-            for row in rows:
-                if row.noted:
-                    await queries.note_problem(conn, row.position, row.noted)
+                for row in rows:
+                    if row.noted:
+                        await queries.note_problem(conn, row.position, row.noted)
             last = rows[-1].position
             await queries.advance(conn, last)
         self.batches += 1
@@ -248,4 +248,9 @@ def _parse(record: asyncpg.Record, position: tuple[int, int], entry: Entry) -> _
         )
     except InvalidReport as exc:
         parsed = Parsed([], [str(exc)])
+    except Exception as exc:
+        # A parser bug must not stop projection for everyone behind this row: its reports
+        # wait on the receipt (problem set, so reprocess reads them again after the fix).
+        log.error("project.parser_failed", receipt_id=str(entry.receipt_id), exc_info=exc)
+        parsed = Parsed([], [f"parser failed: {type(exc).__name__}: {exc}"])
     return _Row(position, entry, record["provider"], parsed.updates, noted=parsed.problem)

@@ -48,7 +48,16 @@ class JournalRow:
 
 
 def _text(value: str | None) -> str | None:
-    return value.replace("\x00", "\\x00") if value and "\x00" in value else value
+    """Fit for a text column: no NUL, and UTF-8 (aiohttp hands over a header's stray bytes
+    as lone surrogates, which would fail the whole group commit the row rides in)."""
+    if not value:
+        return value
+    value = value.replace("\x00", "\\x00")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode(errors="replace").decode()
+    return value
 
 
 async def append(conn: Conn, rows: Sequence[JournalRow]) -> list[tuple[int, int]]:

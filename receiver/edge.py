@@ -7,25 +7,27 @@ request, and on the acknowledgement path those layers cost more than the journal
 """
 
 import time
+from typing import Any
 
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from receiver import logs
 from receiver.auth import check_bearer
 from receiver.errors import as_response, refuse_early
 from receiver.keys import METRICS
 from receiver.reports import new_id
 
-log = structlog.get_logger()
+# Where a handler leaves facts for the request's log line (a webhook: provider, reports).
+LOG_FACTS = web.RequestKey("log_facts", dict[str, Any])
 
 
 @web.middleware
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # The request id travels in contextvars, so every line logged while handling it carries it.
+    # The request id travels in a context variable, so every line logged while handling it
+    # carries it.
     request_id = (request.headers.get("X-Request-Id") or new_id().hex)[:100]
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    token = logs.REQUEST_ID.set(request_id)
     started = time.perf_counter()
     status = 500
     try:
@@ -46,11 +48,16 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 status=str(status),
             )
         # Path only: query strings and bodies may carry secrets or personal data.
-        log.info(
-            "http.request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            ms=round((time.perf_counter() - started) * 1000, 2),
-            remote=request.remote,
-        )
+        fields: dict[str, Any] = {
+            "event": "http.request",
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+            "remote": request.remote,
+        }
+        facts = request.get(LOG_FACTS)
+        if facts:
+            fields.update(facts)
+        logs.access(fields)
+        logs.REQUEST_ID.reset(token)

@@ -4,6 +4,9 @@ import asyncio
 import atexit
 import logging
 import sys
+from collections.abc import MutableMapping
+from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 import pydantic_core
@@ -89,24 +92,69 @@ def _to_json(event: Any, **_: Any) -> bytes:
     return pydantic_core.to_json(event, fallback=str)
 
 
+# The id of the request being handled, on every line logged while handling it. One variable
+# of our own: structlog's general contextvars cost several times more per request.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def _add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
+
+
 _sink: LineSink | None = None
+# Where access lines go; None (before configure(), or above info level) writes none.
+_access_sink: LineSink | None = None
 
 
-def configure(level: str = "info") -> None:
-    global _sink
+def access(fields: dict[str, Any]) -> None:
+    """The one line per request, rendered here rather than by structlog's processor chain
+    (on a single-report webhook that chain cost a tenth of the request). Same shape as every
+    other line: event, request_id, level and timestamp, as JSON."""
+    if _access_sink is None:
+        return
+    fields["request_id"] = REQUEST_ID.get()
+    fields["level"] = "info"
+    fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    _access_sink.info(_to_json(fields))
+
+
+def flush() -> None:
+    if _sink is not None:
+        _sink.flush()
+
+
+def reset() -> None:
+    """Back to structlog's defaults and no access lines (tests that configured a stream)."""
+    global _sink, _access_sink
+    flush()
+    _sink = _access_sink = None
+    structlog.reset_defaults()
+
+
+def configure(level: str = "info", stream: BinaryIO | None = None) -> None:
+    """JSON lines to `stream` (stdout's buffer unless given: tests read what is written)."""
+    global _sink, _access_sink
     logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper())
-    if _sink is None:
+    if stream is not None:
+        _sink = LineSink(stream)
+    elif _sink is None:
         _sink = LineSink(sys.stdout.buffer)
     sink = _sink
+    numeric = logging.getLevelName(level.upper())
+    _access_sink = sink if numeric <= logging.INFO else None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_request_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=_to_json),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=lambda *_: sink,
         cache_logger_on_first_use=True,
     )

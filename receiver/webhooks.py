@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import hdrs, web
 
+from receiver.edge import LOG_FACTS
 from receiver.errors import ApiError
 from receiver.jsonio import json_response
 from receiver.keys import JOURNAL, SETTINGS
@@ -68,9 +69,7 @@ async def receive(request: web.Request) -> web.Response:
         await journal.append(receipt, parsed.updates)
         count, problems = len(parsed.updates), parsed.problems
     # Facts for the request's one log line (written by the edge middleware).
-    structlog.contextvars.bind_contextvars(
-        provider=provider.name, reports=count, problems=len(problems)
-    )
+    request[LOG_FACTS] = {"provider": provider.name, "reports": count, "problems": len(problems)}
     return json_response({"receipt_id": str(receipt.id), "reports": count, "problems": problems})
 
 

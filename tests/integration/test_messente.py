@@ -360,20 +360,34 @@ async def test_readyz_reports_the_database(client: Client) -> None:
 async def test_one_log_line_per_request_with_the_webhook_facts_and_no_secrets(
     client: Client,
 ) -> None:
-    import structlog
-    from structlog.testing import capture_logs
+    import io
+
+    from receiver import logs
 
     body = report("DELIVRD")
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        await post_report(client, body)
-    (line,) = [e for e in logs if e["event"] == "http.request"]
-    assert (line["provider"], line["reports"], line["problems"], line["status"]) == (
-        "messente",
-        1,
-        0,
-        200,
-    )
-    text = repr(logs)
+    out = io.BytesIO()
+    logs.configure("info", stream=out)
+    try:
+        good = await post_report(client, body)
+        bad = await post_report(client, body, signature="0" * 64)
+        logs.flush()
+    finally:
+        logs.reset()
+    lines = [json.loads(raw) for raw in out.getvalue().splitlines()]
+    access = [e for e in lines if e["event"] == "http.request"]
+    assert [(e["provider"], e["reports"], e["problems"], e["status"]) for e in access[:1]] == [
+        ("messente", 1, 0, 200)
+    ]
+    assert [e["status"] for e in access] == [200, 401]
+    assert [e["request_id"] for e in access] == [
+        good.headers["X-Request-Id"],
+        bad.headers["X-Request-Id"],
+    ]
+    assert all(e["level"] == "info" and e["timestamp"].endswith("Z") for e in access)
+    # A line logged while handling a request carries that request's id.
+    (warning,) = [e for e in lines if e["event"] == "webhook.unverified"]
+    assert warning["request_id"] == bad.headers["X-Request-Id"]
+    text = out.getvalue().decode()
     assert MESSENTE_PASSWORD not in text
     assert messente.sign(MESSENTE_PASSWORD, body) not in text
 

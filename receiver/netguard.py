@@ -25,11 +25,38 @@ def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs)
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address the packet is taken on to: NAT64's
+# well-known prefix (RFC 6052) and its local-use one (RFC 8215, read in the /96 layout its
+# deployments use), IPv4-translated (RFC 2765, SIIT), IPv4-mapped and IPv4-compatible
+# (RFC 4291). Python's is_global calls most of them public whatever they carry.
+_LAST_32_BITS = tuple(
+    ipaddress.IPv6Network(n)
+    for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::ffff:0:0/96", "::/96")
+)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 address leads to through a translator or a tunnel: the
+    one a NAT64 gateway or an IPv4-compatible stack connects to, a 6to4 relay's, or a Teredo
+    server and client (empty for a plain IPv6 address)."""
+    if address.teredo is not None:
+        return address.teredo  # (server, client), the client's bits already flipped back
+    if address.sixtofour is not None:
+        return (address.sixtofour,)
+    if any(address in prefix for prefix in _LAST_32_BITS):
+        return (ipaddress.IPv4Address(int(address) & 0xFFFFFFFF),)
+    return ()
+
+
 def allowed(address: IPAddress, allow: Sequence[IPNetwork]) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
     if any(address in network for network in allow):
         return True
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = embedded_ipv4(address)
+        if carried:
+            # Where the request ends up is the IPv4 address: 64:ff9b::a9fe:a9fe is the cloud
+            # metadata service behind a NAT64 gateway, however public its prefix looks.
+            return all(allowed(v4, allow) for v4 in carried)
     # is_global is false for private, loopback, link-local, shared (CGNAT), reserved and
     # unspecified ranges; multicast can be global but is never a webhook endpoint.
     return address.is_global and not address.is_multicast

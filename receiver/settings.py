@@ -10,6 +10,28 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PROVIDER_NAMES = ("messente", "infobip", "comapi", "mercury")
 
 
+# What an API token may do (receiver/auth.py says which routes need which): `read` the
+# lookups and receipts, `write` send registrations, `admin` subscriptions and their deliveries.
+SCOPES = ("read", "write", "admin")
+
+
+def split_token(entry: str) -> tuple[str, frozenset[str]]:
+    """An RECEIVER_API_TOKENS entry as (token, scopes): `token:read+write`, or a bare `token`,
+    which has every scope (as every token had before scopes existed)."""
+    token, colon, suffix = entry.rpartition(":")
+    if not colon:
+        return entry, frozenset(SCOPES)
+    scopes = suffix.split("+")
+    # A typo must stop the service, not quietly make `abc:reed` a token with every scope.
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if not token or unknown:
+        raise ValueError(
+            f"API token scopes must be {'+'.join(SCOPES)} or some of them after the last ':'"
+            f" (unknown: {unknown}); the token itself is not shown"
+        )
+    return token, frozenset(scopes)
+
+
 def _split_commas(value: object) -> object:
     # Lists arrive as "a,b,c" in the environment; pydantic-settings would want JSON.
     if isinstance(value, str):
@@ -18,7 +40,10 @@ def _split_commas(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECEIVER_", frozen=True, extra="ignore")
+    # Inputs hidden from validation errors: a bad RECEIVER_API_TOKENS entry is a secret.
+    model_config = SettingsConfigDict(
+        env_prefix="RECEIVER_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: SecretStr | None = None
     data_dir: Path = Path("receiver-data")
@@ -128,6 +153,13 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _scoped_tokens(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for entry in value:
+            split_token(entry.get_secret_value())  # raises ValueError: a clear config error
+        return value
 
     @field_validator("forward_allow_networks")
     @classmethod

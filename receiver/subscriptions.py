@@ -20,6 +20,7 @@ from receiver.netguard import BlockedAddress, GuardedResolver, check_literal, pa
 from receiver.providers import PROVIDERS
 from receiver.providers.base import describe
 from receiver.status import Status
+from receiver.target_url import check_target_url
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -37,13 +38,7 @@ class _Fields(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        try:
-            url = yarl.URL(value)
-        except ValueError as exc:
-            raise ValueError("not a URL") from exc
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an absolute http:// or https:// URL")
-        return value
+        return check_target_url(value)
 
     @field_validator("providers")
     @classmethod

@@ -527,6 +527,8 @@ async def test_a_forwarder_killed_mid_delivery_loses_nothing(
         "http://169.254.169.254/latest/meta-data",  # link-local: cloud metadata
         "http://[::1]/hook",  # IPv6 loopback
         "http://[::ffff:192.168.0.1]/hook",  # IPv4-mapped private
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",  # cloud metadata behind NAT64
+        "http://[2002:7f00:1::]/hook",  # loopback inside 6to4
         "http://0.0.0.0/hook",  # unspecified
         "http://localhost/hook",  # a name that resolves to loopback
     ],

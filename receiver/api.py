@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from receiver import queries
 from receiver.db import connection, is_transient
-from receiver.errors import ApiError
+from receiver.errors import ApiError, read_body
 from receiver.ingest import queries as ingest_queries
 from receiver.jsonio import dumps, json_response, loads
 from receiver.keys import JOURNAL, METRICS, POOL, PROJECTOR, SETTINGS
@@ -45,7 +45,7 @@ def _provider(request: web.Request) -> Provider:
 
 async def register(request: web.Request) -> web.Response:
     provider = _provider(request)
-    body = await request.read()
+    body = await read_body(request)
     try:
         parsed = _RegistrationBody.model_validate_json(body)
     except ValidationError as exc:

@@ -74,7 +74,13 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def make_journal(pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None) -> Journal:
-    return Journal(pool, settings.ingest_max_batch, settings.ingest_max_inflight, metrics=metrics)
+    return Journal(
+        pool,
+        settings.ingest_max_batch,
+        settings.ingest_max_inflight,
+        ack_timeout=settings.ack_timeout,
+        metrics=metrics,
+    )
 
 
 def make_projector(

@@ -52,6 +52,20 @@ _HTTP_CODES = {
 }
 
 
+class ClientGone(Exception):  # noqa: N818 - a state, not a coding error
+    """The client closed its connection before its body was read: nobody is left to answer."""
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body; ClientGone when the client hangs up while sending it. aiohttp says
+    so with a ConnectionResetError, which is an OSError: left alone it would read as a
+    database outage (a warning, a 503 in the metrics) for what is the client's doing."""
+    try:
+        return await request.read()
+    except ConnectionResetError as exc:
+        raise ClientGone(str(exc)) from exc
+
+
 def refuse_early(request: web.Request) -> None:
     """What is refused before any handler runs: NUL in the URL, a declared oversized body."""
     # Postgres text cannot hold NUL: refused here once, rather than failing in a query later.
@@ -73,6 +87,10 @@ def as_response(exc: Exception) -> web.Response:
             raise exc
         code = _HTTP_CODES.get(exc.status, "http_error")
         return error_response(exc.status, code, exc.reason, headers=_keep_allow(exc))
+    if isinstance(exc, ClientGone):
+        log.info("http.client_disconnected", reason=str(exc))
+        # Nginx's code for it: the answer reaches nobody, the log line and metric say why.
+        return error_response(499, "client_disconnected", "the client closed the connection")
     if is_transient(exc):
         # Providers retry on 5xx: a database outage costs a delay, not a report.
         log.warning("database.unavailable", error=f"{type(exc).__name__}: {exc}")

@@ -111,5 +111,29 @@ class Parsed:
         return "; ".join(self.problems) or None
 
 
+def nul_field(update: StatusUpdate) -> str | None:
+    """The first field of an update holding NUL, or None. Postgres text refuses NUL, and an
+    id, channel or status with one cannot be stored under what the provider sent (stripping
+    it could merge two messages): such a report is refused alone, as a problem of its
+    receipt, whose raw body stays for a later fix to read again."""
+    for name, value in zip(StatusUpdate._fields, update, strict=True):
+        if isinstance(value, str):
+            if "\x00" in value:
+                return name
+        elif isinstance(value, tuple) and any("\x00" in item for item in value):
+            return name
+    return None
+
+
+def nul_problem(where: str, field: str) -> str:
+    return f"{where}: {field} contains NUL, which cannot be stored"
+
+
+def may_hold_nul(body: bytes) -> bool:
+    """Whether a JSON body can carry NUL in a string at all: only as the escape \\u0000 (a raw
+    NUL byte is not JSON). Most bodies cannot, and their reports need no look."""
+    return b"\\u0000" in body
+
+
 class InvalidReport(ValueError):  # noqa: N818 - reads better than InvalidReportError
     """The body cannot be read as this provider's report at all."""

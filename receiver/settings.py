@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     # most this many transactions run at once. Requests arriving meanwhile wait for the next.
     ingest_max_batch: int = Field(default=2000, gt=0)
     ingest_max_inflight: int = Field(default=2, gt=0)
+    # The longest a request waits for its journal commit before it is answered 503 (retry):
+    # a stalled database must not hold providers until their own timeouts.
+    ack_timeout: float = Field(default=5.0, gt=0)
     # The projector inside serve (turn off when running `python -m receiver project` apart),
     # the most status updates it applies in one transaction, and how often an idle projector
     # looks for journal rows written by other processes (its own wake it at once).

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from receiver import forward_queries
 from receiver.db import connection
-from receiver.errors import ApiError
+from receiver.errors import ApiError, read_body
 from receiver.forward import new_secret
 from receiver.jsonio import has_nul, json_response
 from receiver.keys import POOL, SETTINGS
@@ -81,7 +81,7 @@ class _DeliveryQuery(BaseModel):
 
 
 async def _body(request: web.Request, model: type[M]) -> M:
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         body = model.model_validate_json(raw or b"{}")
     except ValidationError as exc:

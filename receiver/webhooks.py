@@ -7,7 +7,7 @@ import structlog
 from aiohttp import hdrs, web
 
 from receiver.edge import LOG_FACTS
-from receiver.errors import ApiError
+from receiver.errors import ApiError, read_body
 from receiver.keys import JOURNAL, SETTINGS
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Provider, Verification
@@ -28,7 +28,7 @@ async def receive(request: web.Request) -> web.Response:
     assert provider.verify is not None
     assert provider.parse_webhook is not None
     settings = request.app[SETTINGS]
-    body = await request.read()
+    body = await read_body(request)
 
     verdict = provider.verify(settings, request.headers, body)
     if verdict is Verification.NOT_CONFIGURED and provider.name not in settings.insecure_webhooks:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
-from receiver.db import connection, is_transient
+from receiver.db import DatabaseUnavailable, connection, is_transient
 from receiver.ingest import codec, queries
 from receiver.ingest.queries import JournalRow
 from receiver.metrics import Metrics
@@ -50,9 +50,11 @@ class Journal:
         max_batch: int = 2000,
         max_inflight: int = 2,
         *,
+        ack_timeout: float | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
+        self._ack_timeout = ack_timeout
         self._metrics = metrics or Metrics()
         self._max_batch = max_batch
         self._max_inflight = max_inflight
@@ -81,7 +83,15 @@ class Journal:
         future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         self._pending.append(_Submission(row, future))
         self._wakeup.set()
-        return await future
+        try:
+            # A stalled database (a frozen server, a network dropping packets) would hold the
+            # provider until its own timeout, then it retries anyway: better told at once.
+            # Timed out, the row is dropped if still waiting its turn; if it is being written
+            # and commits after all, the provider's retry is a duplicate the projector's dedup
+            # keys collapse.
+            return await asyncio.wait_for(future, self._ack_timeout)
+        except TimeoutError:
+            raise DatabaseUnavailable(f"no commit within {self._ack_timeout} s") from None
 
     @property
     def inflight(self) -> int:
@@ -105,9 +115,13 @@ class Journal:
             self._wakeup.clear()
             # Not starting while the database is busy is what lets the next batch grow.
             while self._pending and self._may_start():
-                batch = [
-                    self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))
-                ]
+                batch: list[_Submission] = []
+                while self._pending and len(batch) < self._max_batch:
+                    item = self._pending.popleft()
+                    if not item.future.done():  # else its request gave up waiting
+                        batch.append(item)
+                if not batch:
+                    continue
                 self._inflight += 1
                 task = asyncio.create_task(self._flush(batch))
                 self._flushes.add(task)

@@ -12,7 +12,7 @@ rows behind it.
 import asyncio
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import asyncpg
 import asyncpg.exceptions._base as asyncpg_base
@@ -77,7 +77,9 @@ class Projector:
         self._stopping = False
         self._advanced = asyncio.Event()
         # The progress this process last saw committed (by itself or read from the database).
-        self.position: tuple[int, int] = (0, 0)
+        self.progress = queries.Progress((0, 0))
+        # The journal row being applied in parts, parsed once.
+        self._large: _Row | None = None
         # Batches committed, for tests and /metrics.
         self.batches = 0
 
@@ -111,7 +113,8 @@ class Projector:
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def project_once(self) -> int:
-        """One batch: returns how many journal rows it applied (0: nothing to do)."""
+        """One batch: returns how many journal rows it applied, a part of a large one
+        counting as one (0: nothing to do)."""
         for attempt in range(5):
             try:
                 return await self._batch(careful=False)
@@ -125,12 +128,11 @@ class Projector:
 
     async def _batch(self, *, careful: bool) -> int:
         async with connection(self._pool) as conn, conn.transaction():
-            after = await queries.lock_progress(conn)
-            records = await queries.read_journal(conn, after, 1000, self._max_updates)
-            if not records:
-                self._seen(after)
+            before = await queries.lock_progress(conn)
+            rows, after = await self._next(conn, before)
+            if not rows:
+                self._seen(before)
                 return 0
-            rows = [_decode(r) for r in records]
             if careful:
                 await self._apply_carefully(conn, rows)
             else:
@@ -140,13 +142,58 @@ class Projector:
                 for row in rows:
                     if row.noted:
                         await queries.note_problem(conn, row.position, row.noted)
-            last = rows[-1].position
-            await queries.advance(conn, last)
+            await queries.advance(conn, after)
         self.batches += 1
         self._metrics.inc("dlr_projection_batches_total")
-        self._metrics.inc("dlr_projected_rows_total", len(rows))
-        self._seen(last)
+        # A row in parts counts once, with its last part.
+        self._metrics.inc("dlr_projected_rows_total", sum(after.covers(r.position) for r in rows))
+        self._seen(after)
         return len(rows)
+
+    async def _next(self, conn: Conn, at: queries.Progress) -> tuple[list[_Row], queries.Progress]:
+        """What this transaction applies, and the progress once it has: at most max_updates
+        updates. A row with more is applied in parts, each a transaction of its own (one
+        transaction of 75,000 reports would hold its locks, and everything behind it, for
+        its whole length); the rows after it go in beside its parts, up to half of each."""
+        budget = self._max_updates
+        if at.part is None:
+            found = [_decode(r) for r in await queries.read_journal(conn, at.upto, 1000, budget)]
+            if not found:
+                return [], at
+            rows = _fitting(found, budget)
+            if rows:
+                return rows, queries.Progress(rows[-1].position)
+            # The next row alone has more than a transaction may apply: its first part.
+            self._large = found[0]
+            return [self._part(0, budget)], queries.Progress(at.upto, self._large.position, budget)
+        if self._large is None or self._large.position != at.part:
+            # Another projector began it, or this one restarted: read it again.
+            self._large = _decode(await queries.read_row(conn, at.part))
+        behind = _fitting(
+            [
+                _decode(r)
+                for r in await queries.read_journal(
+                    conn, at.ahead or at.part, 1000, budget // 2, first_always=False
+                )
+            ],
+            budget // 2,
+        )
+        room = budget - sum(len(row.updates or ()) for row in behind)
+        part = self._part(at.part_done, room)
+        ahead = behind[-1].position if behind else at.ahead
+        done = at.part_done + room
+        if done < len(self._large.updates or ()):
+            return [part, *behind], queries.Progress(at.upto, at.part, done, ahead)
+        self._large = None
+        return [part, *behind], queries.Progress(ahead or at.part)
+
+    def _part(self, start: int, size: int) -> _Row:
+        """Updates [start, start + size) of the row being applied in parts; what its parse
+        could not read is noted with the first."""
+        assert self._large is not None
+        large = self._large
+        updates = None if large.updates is None else large.updates[start : start + size]
+        return replace(large, updates=updates, noted=large.noted if start == 0 else None)
 
     async def _apply_carefully(self, conn: Conn, rows: list[_Row]) -> None:
         """Row by row, and within a row that fails, report by report, each in a savepoint:
@@ -196,9 +243,18 @@ class Projector:
                 "dlr_reports_total", total - new, provider=row.provider, outcome="duplicate"
             )
 
-    def _seen(self, position: tuple[int, int]) -> None:
-        if position > self.position:
-            self.position = position
+    @property
+    def position(self) -> tuple[int, int]:
+        """Every journal row at or below this is applied."""
+        return self.progress.upto
+
+    def _seen(self, progress: queries.Progress) -> None:
+        if (progress.upto, progress.ahead or (0, 0), progress.part_done) > (
+            self.progress.upto,
+            self.progress.ahead or (0, 0),
+            self.progress.part_done,
+        ):
+            self.progress = progress
             self._advanced.set()
             self._advanced = asyncio.Event()
 
@@ -208,17 +264,29 @@ class Projector:
         want = (target.xid, target.id)
         deadline = asyncio.get_running_loop().time() + within
         self.wake()
-        while self.position < want:
+        while not self.progress.covers(want):
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 return False
             # Another process may be the one projecting: look at the database now and then.
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._advanced.wait(), min(left, 0.05))
-            if self.position < want:
+            if not self.progress.covers(want):
                 async with connection(self._pool) as conn:
                     self._seen(await queries.progress(conn))
         return True
+
+
+def _fitting(rows: list[_Row], budget: int) -> list[_Row]:
+    """The leading rows whose updates fit the budget together (the journal's own count is
+    the request path's; a parse may find more)."""
+    taken, used = [], 0
+    for row in rows:
+        used += len(row.updates or ())
+        if used > budget:
+            break
+        taken.append(row)
+    return taken
 
 
 def _decode(record: asyncpg.Record) -> _Row:

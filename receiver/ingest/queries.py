@@ -98,28 +98,65 @@ async def ensure_partitions(conn: Conn, days_ahead: int) -> int:
 # Projection
 
 
-async def lock_progress(conn: Conn) -> tuple[int, int]:
+Position = tuple[int, int]  # (xid, id): a journal row's place in projection order
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far projection has got (projection_progress, see migration 0009): every row at or
+    below `upto`; of the row after it, when that one is applied in parts, its first
+    `part_done` updates, and the rows after it up to `ahead` (None: none yet)."""
+
+    upto: Position
+    part: Position | None = None
+    part_done: int = 0
+    ahead: Position | None = None
+
+    def covers(self, at: Position) -> bool:
+        """Whether the journal row at `at` is applied in full."""
+        if at <= self.upto:
+            return True
+        return self.part is not None and self.ahead is not None and self.part < at <= self.ahead
+
+
+_PROGRESS = """
+    select xid::text::bigint, id, part_xid::text::bigint, part_id, part_done,
+           ahead_xid::text::bigint, ahead_id
+    from projection_progress where lane = 0
+"""
+
+
+def _progress(row: asyncpg.Record | None) -> Progress:
+    assert row is not None, "projection_progress is seeded by migration 0007"
+    part = None if row["part_id"] is None else (row["part_xid"], row["part_id"])
+    ahead = None if row["ahead_id"] is None else (row["ahead_xid"], row["ahead_id"])
+    return Progress((row["xid"], row["id"]), part, row["part_done"], ahead)
+
+
+async def lock_progress(conn: Conn) -> Progress:
     """Take the projection turn (inside a transaction): other projectors wait for it."""
-    row = await conn.fetchrow(
-        "select xid::text::bigint, id from projection_progress where lane = 0 for update"
-    )
-    assert row is not None, "projection_progress is seeded by migration 0007"
-    return row["xid"], row["id"]
+    return _progress(await conn.fetchrow(_PROGRESS + " for update"))
 
 
-async def progress(conn: Conn) -> tuple[int, int]:
+async def progress(conn: Conn) -> Progress:
     """How far projection has got, without waiting for a projector's turn."""
-    row = await conn.fetchrow(
-        "select xid::text::bigint, id from projection_progress where lane = 0"
-    )
-    assert row is not None, "projection_progress is seeded by migration 0007"
-    return row["xid"], row["id"]
+    return _progress(await conn.fetchrow(_PROGRESS))
+
+
+_JOURNAL_COLUMNS = """
+    j.xid::text::bigint as xid, j.id, j.receipt_id, j.provider, j.source, j.received_at,
+    j.updates, j.replays, j.update_count, j.content_type,
+    -- The body only where the projector is to parse it.
+    case when j.updates is null then j.body end as body
+"""
 
 
 async def read_journal(
-    conn: Conn, after: tuple[int, int], max_rows: int, max_updates: int
+    conn: Conn, after: Position, max_rows: int, max_updates: int, *, first_always: bool = True
 ) -> list[asyncpg.Record]:
-    """The next journal rows in (xid, id) order, up to max_updates updates (at least one row).
+    """The next journal rows in (xid, id) order, up to max_updates updates; with
+    `first_always`, at least one row however many updates it has (the rows after it stop
+    before max_updates is passed, but the last may pass it).
 
     Only rows of transactions older than the oldest one still running: a transaction still
     open may yet commit rows with lower ids than rows already visible, and the watermark must
@@ -127,14 +164,9 @@ async def read_journal(
     behind the watermark later.
     """
     return await conn.fetch(
-        """
-        select xid, id, receipt_id, provider, source, received_at, updates, replays, body,
-               content_type
-        from (
-            select j.xid::text::bigint as xid, j.id, j.receipt_id, j.provider, j.source,
-                   j.received_at, j.updates, j.replays, j.update_count, j.content_type,
-                   -- The body only where the projector is to parse it.
-                   case when j.updates is null then j.body end as body,
+        f"""
+        select * from (
+            select {_JOURNAL_COLUMNS},
                    sum(j.update_count) over (order by j.xid, j.id) as upto
             from journal j
             where (j.xid, j.id) > ($1::text::xid8, $2)
@@ -142,25 +174,43 @@ async def read_journal(
             order by j.xid, j.id
             limit $3
         ) next
-        -- The first row always qualifies (nothing before it), however many updates it has.
-        where upto - update_count < $4
+        where case when $5 then upto - update_count < $4 else upto <= $4 end
         order by xid, id
-        """,
+        """,  # noqa: S608 - constant column list
         str(after[0]),
         after[1],
         max_rows,
         max_updates,
+        first_always,
     )
 
 
-async def advance(conn: Conn, to: tuple[int, int]) -> None:
+async def read_row(conn: Conn, at: Position) -> asyncpg.Record:
+    """One journal row, the one being applied in parts."""
+    row = await conn.fetchrow(
+        f"select {_JOURNAL_COLUMNS} from journal j where j.xid = $1::text::xid8 and j.id = $2",  # noqa: S608
+        str(at[0]),
+        at[1],
+    )
+    assert row is not None, "a row in parts is not dropped before it is applied (retention)"
+    return row
+
+
+async def advance(conn: Conn, to: Progress) -> None:
     await conn.execute(
         """
-        update projection_progress set xid = $1::text::xid8, id = $2, updated_at = now()
+        update projection_progress
+        set xid = $1::text::xid8, id = $2, part_xid = $3::text::xid8, part_id = $4,
+            part_done = $5, ahead_xid = $6::text::xid8, ahead_id = $7, updated_at = now()
         where lane = 0
         """,
-        str(to[0]),
-        to[1],
+        str(to.upto[0]),
+        to.upto[1],
+        None if to.part is None else str(to.part[0]),
+        None if to.part is None else to.part[1],
+        to.part_done,
+        None if to.ahead is None else str(to.ahead[0]),
+        None if to.ahead is None else to.ahead[1],
     )
 
 

@@ -25,7 +25,14 @@ from receiver.providers.base import (
     sign_hex_hmac,
     verify_hex_hmac,
 )
-from receiver.reports import InvalidReport, Parsed, StatusUpdate
+from receiver.reports import (
+    InvalidReport,
+    Parsed,
+    StatusUpdate,
+    may_hold_nul,
+    nul_field,
+    nul_problem,
+)
 from receiver.settings import Settings
 from receiver.status import Status
 
@@ -123,15 +130,24 @@ def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) 
     envelopes = document if isinstance(document, list) else [document]
     updates: list[StatusUpdate] = []
     problems: list[str] = []
+    look_for_nul = may_hold_nul(body)
     for index, item in enumerate(envelopes):
         where = f"[{index}]" if isinstance(document, list) else "body"
         try:
             envelope = _Envelope.model_validate(item)
-            if envelope.name.startswith("message.") or "id" in envelope.payload:
-                updates.extend(envelope_updates(envelope))
             # Other families (profile.*, chat.*) carry no message status: the receipt keeps them.
+            if not (envelope.name.startswith("message.") or "id" in envelope.payload):
+                continue
+            found = envelope_updates(envelope)
         except ValidationError as exc:
             problems.append(f"{where}: {describe(exc)}")
+            continue
+        # An event is one report: any of its updates unstorable, the event waits whole.
+        refused = [f for u in found if (f := nul_field(u)) is not None] if look_for_nul else []
+        if refused:
+            problems.append(nul_problem(where, refused[0]))
+            continue
+        updates.extend(found)
     return Parsed(updates, problems)
 
 

@@ -24,7 +24,14 @@ from receiver.providers.base import (
     invalid,
     same,
 )
-from receiver.reports import InvalidReport, Parsed, StatusUpdate
+from receiver.reports import (
+    InvalidReport,
+    Parsed,
+    StatusUpdate,
+    may_hold_nul,
+    nul_field,
+    nul_problem,
+)
 from receiver.settings import Settings
 from receiver.status import Status
 
@@ -129,13 +136,19 @@ def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) 
     if reports is None:
         reports = _results(body, content_type)
     updates, problems = [], []
+    look_for_nul = may_hold_nul(body) or _is_xml(body, content_type)
     for index, item in enumerate(reports):
         try:
             report = item if isinstance(item, _Report) else _Report.model_validate(item)
-            updates.append(report_to_update(report))
+            update = report_to_update(report)
         except ValidationError as exc:
             # One bad report must not cost the others: it stays in the raw receipt instead.
             problems.append(f"results[{index}]: {describe(exc)}")
+            continue
+        if look_for_nul and (field := nul_field(update)) is not None:
+            problems.append(nul_problem(f"results[{index}]", field))
+            continue
+        updates.append(update)
     return Parsed(updates, problems)
 
 

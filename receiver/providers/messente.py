@@ -24,7 +24,7 @@ from receiver.providers.base import (
     sign_hex_hmac,
     verify_hex_hmac,
 )
-from receiver.reports import Parsed, StatusUpdate
+from receiver.reports import Parsed, StatusUpdate, may_hold_nul, nul_field, nul_problem
 from receiver.settings import Settings
 from receiver.status import Status
 
@@ -84,7 +84,11 @@ def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) 
         report = _DeliveryResult.model_validate_json(body)
     except ValidationError as exc:
         raise invalid(exc) from exc
-    return Parsed([report_to_update(report)])
+    update = report_to_update(report)
+    if may_hold_nul(body) and (field := nul_field(update)) is not None:
+        # Not a 400: Messente would only retry the same bytes. Kept raw, listed as a problem.
+        return Parsed([], [nul_problem("body", field)])
+    return Parsed([update])
 
 
 def report_to_update(report: _DeliveryResult) -> StatusUpdate:

@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import io
 import json
 from typing import Any
 
@@ -34,7 +35,10 @@ async def get_json(client: Client, path: str, status: int = 200) -> Any:
 
 
 async def post_infobip(
-    client: Client, body: bytes, content_type: str = "application/json", auth: bool = True
+    client: Client,
+    body: bytes | io.BytesIO,
+    content_type: str = "application/json",
+    auth: bool = True,
 ) -> Any:
     headers = {"Content-Type": content_type, **(INFOBIP_AUTH if auth else {})}
     return await client.post("/webhooks/infobip", data=body, headers=headers)

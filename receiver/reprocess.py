@@ -47,7 +47,8 @@ class Reprocessed:
 
 
 _KEPT = """
-    select id, receipt_id, provider, source, content_type, body, received_at from journal
+    select id, receipt_id, provider, source, content_type, body, received_at, problem
+    from journal
     where id > $1 and replays is null
       and (source = 'webhook' or (provider = $2 and source = 'poll'))
       and ($3 or problem is not null)
@@ -117,21 +118,26 @@ async def reprocess(
             done.still_problems += parsed.problem is not None
             if journal is None:
                 continue
-            async with connection(pool) as conn:
-                await conn.execute(
-                    "update journal set problem = $2 where receipt_id = $1 and replays is null",
-                    row["receipt_id"],
-                    parsed.problem,
-                )
             if updates:
+                # The receipt's new problem rides with what is recovered: the projector writes
+                # it to the receipt in the transaction that stores the recovered reports, so a
+                # run cut off in between leaves the receipt listed, to be read again.
                 again = Receipt(
                     row["provider"],
                     row["source"],
                     b"",
                     row["content_type"],
+                    problem=parsed.problem,
                     replays=row["receipt_id"],
                 )
                 done.last = await journal.append(again, updates)
+            elif parsed.problem != row["problem"]:
+                async with connection(pool) as conn:
+                    await conn.execute(
+                        "update journal set problem = $2 where receipt_id = $1 and replays is null",
+                        row["receipt_id"],
+                        parsed.problem,
+                    )
         after = rows[-1]["id"]
         if progress is not None:
             progress(done.receipts, total, done)

@@ -54,6 +54,8 @@ class _Row:
     problem: str | None = None
     # What the projector's parse of the body could not read: written to the receipt.
     noted: str | None = None
+    # Written by reprocess: the receipt it read again takes this row's problem once projected.
+    replays: bool = False
 
 
 class Projector:
@@ -142,6 +144,9 @@ class Projector:
                 for row in rows:
                     if row.noted:
                         await queries.note_problem(conn, row.position, row.noted)
+            for row in rows:
+                if row.replays and after.covers(row.position):
+                    await queries.settle_replay(conn, row.position)
             await queries.advance(conn, after)
         self.batches += 1
         self._metrics.inc("dlr_projection_batches_total")
@@ -301,7 +306,9 @@ def _decode(record: asyncpg.Record) -> _Row:
         problem = None
     except (ValueError, TypeError, KeyError) as exc:
         updates, problem = None, f"journal row unreadable: {type(exc).__name__}: {exc}"
-    return _Row(position, entry, record["provider"], updates, problem)
+    return _Row(
+        position, entry, record["provider"], updates, problem, replays=record["replays"] is not None
+    )
 
 
 def _parse(record: asyncpg.Record, position: tuple[int, int], entry: Entry) -> _Row:

@@ -227,6 +227,21 @@ async def note_problem(conn: Conn, at: tuple[int, int], problem: str) -> None:
     )
 
 
+async def settle_replay(conn: Conn, at: Position) -> None:
+    """A reprocess row projected: the receipt it read again takes its problem (what is still
+    unread, and anything the projection could not store), in the projection's transaction."""
+    await conn.execute(
+        """
+        update journal o set problem = r.problem
+        from journal r
+        where r.xid = $1::text::xid8 and r.id = $2
+          and o.receipt_id = r.replays and o.replays is null
+        """,
+        str(at[0]),
+        at[1],
+    )
+
+
 async def backlog(conn: Conn) -> tuple[int, float]:
     """Journal rows not yet projected, and how long the oldest of them has waited (s)."""
     row = await conn.fetchrow(

@@ -6,6 +6,7 @@ One function rather than a chain of four: each layer of aiohttp middleware is a 
 request, and on the acknowledgement path those layers cost more than the journal write.
 """
 
+import asyncio
 import time
 from typing import Any
 
@@ -37,6 +38,10 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             response = await handler(request)
         except Exception as exc:
             response = as_response(exc)
+        except asyncio.CancelledError:
+            # The client went away and the server cancelled its handler: not a server error.
+            status = 499
+            raise
         status = response.status
         response.headers["X-Request-Id"] = request_id
         return response

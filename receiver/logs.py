@@ -105,20 +105,23 @@ def _add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutable
 
 
 _sink: LineSink | None = None
-# Where access lines go; None (before configure(), or above info level) writes none.
+# Where access lines go once configured; None above info level.
 _access_sink: LineSink | None = None
+_configured = False
 
 
 def access(fields: dict[str, Any]) -> None:
     """The one line per request, rendered here rather than by structlog's processor chain
     (on a single-report webhook that chain cost a tenth of the request). Same shape as every
-    other line: event, request_id, level and timestamp, as JSON."""
-    if _access_sink is None:
-        return
+    other line: event, request_id, level and timestamp, as JSON. Before configure() (tests,
+    the app embedded elsewhere) it goes through structlog like any other line."""
     fields["request_id"] = REQUEST_ID.get()
-    fields["level"] = "info"
-    fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    _access_sink.info(_to_json(fields))
+    if _access_sink is not None:
+        fields["level"] = "info"
+        fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        _access_sink.info(_to_json(fields))
+    elif not _configured:
+        log.info(fields.pop("event"), **fields)
 
 
 def flush() -> None:
@@ -128,15 +131,17 @@ def flush() -> None:
 
 def reset() -> None:
     """Back to structlog's defaults and no access lines (tests that configured a stream)."""
-    global _sink, _access_sink
+    global _sink, _access_sink, _configured
     flush()
     _sink = _access_sink = None
+    _configured = False
     structlog.reset_defaults()
 
 
 def configure(level: str = "info", stream: BinaryIO | None = None) -> None:
     """JSON lines to `stream` (stdout's buffer unless given: tests read what is written)."""
-    global _sink, _access_sink
+    global _sink, _access_sink, _configured
+    _configured = True
     logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper())
     if stream is not None:
         _sink = LineSink(stream)

@@ -7,6 +7,9 @@ from contextlib import suppress
 
 
 class StallingProxy:
+    """Listens on 127.0.0.1; forwards to `target_host:target_port`, or to a Unix socket when
+    `target_host` is a directory (libpq's convention, as the embedded Postgres's URL has it)."""
+
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
         self._flowing = asyncio.Event()
@@ -36,7 +39,13 @@ class StallingProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
+            host, port = self._target
+            if host.startswith("/"):
+                up_reader, up_writer = await asyncio.open_unix_connection(
+                    f"{host}/.s.PGSQL.{port}"
+                )
+            else:
+                up_reader, up_writer = await asyncio.open_connection(host, port)
         except OSError:
             writer.close()
             return

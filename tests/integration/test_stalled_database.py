@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -29,7 +29,9 @@ ACK_TIMEOUT = 1.0
 @pytest.fixture
 async def proxy(database_url: str) -> AsyncIterator[StallingProxy]:
     parts = urlsplit(database_url)
-    proxy = StallingProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    # The embedded Postgres is reached by a Unix socket, named in the query (?host=/dir).
+    socket_dir = parse_qs(parts.query).get("host", [None])[0]
+    proxy = StallingProxy(socket_dir or parts.hostname or "127.0.0.1", parts.port or 5432)
     await proxy.start()
     yield proxy
     await proxy.close()
@@ -40,7 +42,8 @@ def through(proxy: StallingProxy, database_url: str) -> str:
     netloc = (
         f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else f"127.0.0.1:{proxy.port}"
     )
-    return urlunsplit(parts._replace(netloc=netloc))
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "host"])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def report(omni: str) -> tuple[bytes, dict[str, str]]:

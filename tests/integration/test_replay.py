@@ -1,6 +1,7 @@
 """Replay of a time range re-sends every matching status change in it: the queued ones, and
 the ones raised while the subscription was disabled, which were never queued for it."""
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -203,3 +204,21 @@ async def test_a_replay_keeps_to_its_range(
     assert await replay(fclient, sub, since=since, until=until) == 1
     await settled(fclient, db)
     assert [d["message_id"] for d in received(hook).values()] == ["omni-inside"]
+
+
+async def test_two_replays_of_one_range_at_once_queue_each_change_once(
+    fclient: Client, hook: Subscriber, db: asyncpg.Connection
+) -> None:
+    since = datetime.now(UTC).isoformat()
+    sub = await subscribe(fclient, hook.url, enabled=False)
+    for i in range(20):
+        await report(fclient, f"omni-c{i}", "DELIVRD")
+    await settled(fclient, db)  # projected while it was disabled
+    await enable(fclient, sub)
+    counts = await asyncio.gather(*(replay(fclient, sub, since=since) for _ in range(2)))
+    assert counts == [20, 20]  # each saw all twenty, queued by it or by the other
+    await settled(fclient, db)
+    assert await db.fetchval("select count(*) from deliveries") == 20
+    assert set(hook.ok_ids()) == set(
+        await db.fetchval("select array_agg(event_id) from status_changes")
+    )

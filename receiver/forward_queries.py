@@ -356,29 +356,66 @@ async def delivery_attempts(conn: Conn, delivery_id: uuid.UUID) -> list[asyncpg.
     )
 
 
-async def replay(
-    conn: Conn,
-    subscription_id: uuid.UUID,
-    *,
-    delivery_id: uuid.UUID | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> int:
-    """Make deliveries due now with a fresh retry schedule; returns how many."""
+async def replay_one(conn: Conn, subscription_id: uuid.UUID, delivery_id: uuid.UUID) -> int:
+    """Make one delivery due now with a fresh retry schedule; returns 1, or 0 if none."""
     count: int = await conn.fetchval(
         """
         with replayed as (
             update deliveries set state = 'pending', attempts = 0, next_attempt_at = now()
-            where subscription_id = $1
-              and ($2::uuid is null or id = $2)
-              and ($3::timestamptz is null or created_at >= $3)
-              and ($4::timestamptz is null or created_at < $4)
+            where subscription_id = $1 and id = $2
             returning 1
         )
         select count(*) from replayed
         """,
         subscription_id,
         delivery_id,
+    )
+    if count:
+        await conn.execute("select pg_notify($1, '')", CHANNEL)
+    return count
+
+
+async def replay_range(
+    conn: Conn, subscription_id: uuid.UUID, since: datetime | None, until: datetime | None
+) -> int:
+    """Make due now, with a fresh retry schedule, every status change in [since, until) that
+    matches the subscription's filters, queued for it or not, and every delivery of it
+    created in that range; returns how many deliveries that is."""
+    count: int = await conn.fetchval(
+        """
+        with wanted as (
+            -- One row per change (a statement may not touch a delivery twice): a delivery
+            -- already queued keeps its id and its payload, a change never queued (raised
+            -- while the subscription was disabled, or before its filters took it) is queued
+            -- now, with the payload every other subscriber was sent and the same webhook-id.
+            select distinct on (event_id) * from (
+                select d.event_id, d.provider, d.message_key, d.seq, d.status, d.payload
+                from deliveries d
+                where d.subscription_id = $1
+                  and ($2::timestamptz is null or d.created_at >= $2)
+                  and ($3::timestamptz is null or d.created_at < $3)
+                union all
+                select c.event_id, c.provider, c.message_key, c.seq, c.status, c.payload
+                from status_changes c
+                join subscriptions s on s.id = $1
+                where ($2::timestamptz is null or c.changed_at >= $2)
+                  and ($3::timestamptz is null or c.changed_at < $3)
+                  and (s.statuses is null or c.status = any(s.statuses))
+                  and (s.providers is null or c.provider = any(s.providers))
+            ) as both_kinds
+            order by event_id
+        ), replayed as (
+            insert into deliveries (id, subscription_id, event_id, provider, message_key, seq,
+                                    status, payload)
+            select gen_random_uuid(), $1, event_id, provider, message_key, seq, status, payload
+            from wanted
+            on conflict (subscription_id, event_id) do update
+                set state = 'pending', attempts = 0, next_attempt_at = now()
+            returning 1
+        )
+        select count(*) from replayed
+        """,
+        subscription_id,
         since,
         until,
     )

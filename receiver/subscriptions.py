@@ -257,7 +257,7 @@ async def read_delivery(request: web.Request) -> web.Response:
 async def replay_one(request: web.Request) -> web.Response:
     subscription_id, delivery_id = _id(request), _id(request, "delivery_id")
     async with connection(request.app[POOL]) as conn:
-        count = await forward_queries.replay(conn, subscription_id, delivery_id=delivery_id)
+        count = await forward_queries.replay_one(conn, subscription_id, delivery_id)
     if count == 0:
         raise ApiError(404, "not_found", "no such delivery")
     return json_response({"replayed": count}, status=202)
@@ -269,8 +269,8 @@ async def replay_range(request: web.Request) -> web.Response:
     async with connection(request.app[POOL]) as conn:
         if await forward_queries.get_subscription(conn, subscription_id) is None:
             raise ApiError(404, "not_found", "no such subscription")
-        count = await forward_queries.replay(
-            conn, subscription_id, since=window.since, until=window.until
+        count = await forward_queries.replay_range(
+            conn, subscription_id, window.since, window.until
         )
     return json_response({"replayed": count}, status=202)
 

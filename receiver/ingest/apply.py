@@ -4,7 +4,7 @@ rules, and write messages, aliases, events and deliveries in one statement."""
 import hashlib
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -88,22 +88,17 @@ async def apply(
         if update.unmapped:
             unmapped[(update.provider, update.provider_status or "")] += 1
 
-    # Payloads are built only for changes some enabled subscription may want: most of the
-    # work of a status change, and with no subscribers, all of it wasted. A subscription
-    # created while this batch runs takes effect from the next batch.
-    filters = await queries.subscription_filters(conn)
-
-    def wanted(provider: str, status: Status) -> bool:
-        return any(
-            (statuses is None or status.value in statuses)
-            and (providers is None or provider in providers)
-            for statuses, providers in filters
-        )
+    # Payloads are built only once some subscription exists: most of the work of a status
+    # change, and with no subscribers, all of it wasted. Then every change is built and kept,
+    # whatever the filters, since a replay of its time range re-sends it to any subscription
+    # that matches it then (enabled, or disabled at the time). A subscription created while
+    # this batch runs takes effect from the next batch.
+    recording = await queries.any_subscription(conn)
 
     messages: list[queries.MessageRow] = []
     changes: list[StatusChange] = []
     for key, state in states.items():
-        row, change = state.settle(key, key[0] in polled_providers, wanted)
+        row, change = state.settle(key, key[0] in polled_providers, recording)
         if row is not None:
             messages.append(row)
         if change is not None:
@@ -229,9 +224,10 @@ class _State:
         info["registered"] = info["registered"] or u.registered
 
     def settle(
-        self, key: tuple[str, str], polled: bool, wanted: Callable[[str, Status], bool]
+        self, key: tuple[str, str], polled: bool, recording: bool
     ) -> tuple[queries.MessageRow | None, StatusChange | None]:
-        """Rules 3 and 4 over every event; the row to write (None: unchanged) and the change."""
+        """Rules 3 and 4 over every event; the row to write (None: unchanged) and, when
+        `recording`, the change."""
         events = _effective(self.events)
         observations = [Observation(e.status, e.occurred_at, e.channel) for e in events]
         outcome = compose(observations, self.info["channel_order"] or ())
@@ -268,7 +264,7 @@ class _State:
             )
         )
         change = None
-        if moved and wanted(key[0], outcome.status):
+        if moved and recording:
             # A message that never had a status before has no previous one to report.
             previous = Status(old_status) if old_seq > 0 else None
             payload = _payload(key, info, outcome, previous, seq, _deciding(events, outcome))

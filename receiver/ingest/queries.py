@@ -279,12 +279,9 @@ async def read_messages(conn: Conn, keys: Sequence[tuple[str, str]]) -> list[asy
     )
 
 
-async def subscription_filters(
-    conn: Conn,
-) -> list[tuple[list[str] | None, list[str] | None]]:
-    """(statuses, providers) of every enabled subscription: None matches everything."""
-    rows = await conn.fetch("select statuses, providers from subscriptions where enabled")
-    return [(r["statuses"], r["providers"]) for r in rows]
+async def any_subscription(conn: Conn) -> bool:
+    """Whether any subscription exists, enabled or not."""
+    return bool(await conn.fetchval("select exists (select 1 from subscriptions)"))
 
 
 # The rows a projection batch writes. Each mirrors a composite type of the same shape in
@@ -394,7 +391,8 @@ async def write_batch(
     new one inserted only if still absent (else ingest_check_written raises a serialization
     failure and the batch runs again); events are only ever inserted, and a dedup key already
     stored for a message is skipped (rule 2); an alias already pointing at a message stays;
-    each status change queues one delivery per matching enabled subscription, and the NOTIFY
+    each status change is kept (status_changes) and queues one delivery per matching enabled
+    subscription, and the NOTIFY
     that wakes the forwarders is delivered only if this commits. Foreign keys are checked at
     the end of the statement, so events may reference messages inserted by it.
     """
@@ -447,6 +445,13 @@ async def write_batch(
             select (x).* from unnest($7::projected_unmapped[]) as x
             on conflict (provider, provider_status) do update
                 set count = um.count + excluded.count, last_seen = now()
+        ), changes_in as (
+            -- Every status change, queued or not: what a replay of a time range re-sends
+            -- (to a subscription disabled at the time, too). A change is made once per seq.
+            insert into status_changes (provider, message_key, seq, status, event_id, payload)
+            select c.provider, c.message_key, c.seq, c.status, c.event_id, c.payload::jsonb
+            from (select (c).* from unnest($8::projected_delivery[]) as c) as c
+            on conflict (provider, message_key, seq) do nothing
         ), deliveries_in as (
             insert into deliveries (id, subscription_id, event_id, provider, message_key, seq,
                                     status, payload)

@@ -54,3 +54,54 @@ async def test_receipts_stored_before_the_journal_become_its_projected_history(
         assert await conn.fetchval("select to_regclass('receipts')") is None
     finally:
         await conn.close()
+
+
+async def test_deliveries_queued_before_0009_become_its_recorded_status_changes(
+    database_url: str,
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("drop schema public cascade; create schema public")
+        await migrate.apply(conn, [m for m in migrate.load() if m.version < 9])
+        await conn.execute(
+            "insert into messages (provider, key, status, seq) values"
+            " ('messente', 'm1', 'delivered', 2)"
+        )
+        subscriptions = [uuid.uuid4(), uuid.uuid4()]
+        for sub in subscriptions:
+            await conn.execute(
+                "insert into subscriptions (id, url, secret) values ($1, 'https://x.test/', 's')",
+                sub,
+            )
+        # One change queued for two subscriptions, another for one; a third is of a message
+        # retention has since deleted (deliveries outlive their messages).
+        queued = [
+            (subscriptions[0], "evt_1", "m1", 1, "sent"),
+            (subscriptions[1], "evt_1", "m1", 1, "sent"),
+            (subscriptions[0], "evt_2", "m1", 2, "delivered"),
+            (subscriptions[0], "evt_x", "gone", 1, "sent"),
+        ]
+        for sub, event_id, key, seq, status in queued:
+            await conn.execute(
+                "insert into deliveries (id, subscription_id, event_id, provider, message_key,"
+                " seq, status, payload) values ($1, $2, $3, 'messente', $4, $5, $6, $7::jsonb)",
+                uuid.uuid4(),
+                sub,
+                event_id,
+                key,
+                seq,
+                status,
+                f'{{"id": "{event_id}"}}',
+            )
+
+        assert await migrate.apply(conn) == [m.version for m in migrate.load() if m.version >= 9]
+
+        rows = await conn.fetch(
+            "select message_key, seq, status, event_id, payload from status_changes order by seq"
+        )
+        assert [(r["message_key"], r["seq"], r["status"], r["event_id"]) for r in rows] == [
+            ("m1", 1, "sent", "evt_1"),
+            ("m1", 2, "delivered", "evt_2"),
+        ]
+    finally:
+        await conn.close()

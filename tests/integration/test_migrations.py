@@ -56,13 +56,13 @@ async def test_receipts_stored_before_the_journal_become_its_projected_history(
         await conn.close()
 
 
-async def test_deliveries_queued_before_0009_become_its_recorded_status_changes(
+async def test_deliveries_queued_before_0010_become_its_recorded_status_changes(
     database_url: str,
 ) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("drop schema public cascade; create schema public")
-        await migrate.apply(conn, [m for m in migrate.load() if m.version < 9])
+        await migrate.apply(conn, [m for m in migrate.load() if m.version < 10])
         await conn.execute(
             "insert into messages (provider, key, status, seq) values"
             " ('messente', 'm1', 'delivered', 2)"
@@ -94,7 +94,7 @@ async def test_deliveries_queued_before_0009_become_its_recorded_status_changes(
                 f'{{"id": "{event_id}"}}',
             )
 
-        assert await migrate.apply(conn) == [m.version for m in migrate.load() if m.version >= 9]
+        assert await migrate.apply(conn) == [m.version for m in migrate.load() if m.version >= 10]
 
         rows = await conn.fetch(
             "select message_key, seq, status, event_id, payload from status_changes order by seq"

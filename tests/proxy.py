@@ -41,9 +41,7 @@ class StallingProxy:
         try:
             host, port = self._target
             if host.startswith("/"):
-                up_reader, up_writer = await asyncio.open_unix_connection(
-                    f"{host}/.s.PGSQL.{port}"
-                )
+                up_reader, up_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
             else:
                 up_reader, up_writer = await asyncio.open_connection(host, port)
         except OSError:

@@ -23,11 +23,20 @@ from receiver.reports import new_id
 LOG_FACTS = web.RequestKey("log_facts", dict[str, Any])
 
 
+def _request_id(request: web.Request) -> str:
+    """The caller's X-Request-Id if it can go back out as it came (printable ASCII, at most
+    100 characters), else one of our own: raw bytes in it made the answer's header a 500."""
+    given = request.headers.get("X-Request-Id", "")
+    if given and len(given) <= 100 and given.isascii() and given.isprintable():
+        return given
+    return new_id().hex
+
+
 @web.middleware
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     # The request id travels in a context variable, so every line logged while handling it
     # carries it.
-    request_id = (request.headers.get("X-Request-Id") or new_id().hex)[:100]
+    request_id = _request_id(request)
     token = logs.REQUEST_ID.set(request_id)
     started = time.perf_counter()
     status = 500

@@ -92,7 +92,13 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True when the database, not the request, is at fault: the caller should retry later."""
+    """True when the database, not the request, is at fault: the caller should retry later.
+    A client-side error of our own making (an argument of the wrong type or count, which
+    asyncpg raises as InterfaceError too) is not: as a 503 it would be retried forever, with
+    no traceback to say why."""
+    if isinstance(exc, asyncpg.InterfaceError):
+        # asyncpg gives no subclass for a connection or pool that is gone; its message does.
+        return "closed" in str(exc) or "closing" in str(exc)
     return isinstance(
         exc,
         DatabaseUnavailable
@@ -100,7 +106,6 @@ def is_transient(exc: BaseException) -> bool:
         | TimeoutError
         | asyncio.TimeoutError
         | asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
         # Class 57: shutdown, crash recovery, "the database system is starting up".
         | asyncpg.exceptions.OperatorInterventionError
         # Class 53: too many connections, out of disk or memory.

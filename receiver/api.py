@@ -11,10 +11,11 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from receiver import queries
+from receiver import instants, queries
 from receiver.db import connection, is_transient
 from receiver.errors import ApiError, read_body
 from receiver.ingest import queries as ingest_queries
+from receiver.instants import Instant
 from receiver.jsonio import dumps, json_response, loads
 from receiver.keys import JOURNAL, METRICS, POOL, PROJECTOR, SETTINGS
 from receiver.providers import PROVIDERS
@@ -123,7 +124,7 @@ class _ProblemQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     provider: str | None = None
-    since: datetime | None = None
+    since: Instant | None = None
     cursor: str | None = Field(default=None, max_length=1000)
     limit: int = Field(default=50, ge=1, le=500)
 
@@ -137,7 +138,7 @@ async def receipts_with_problems(request: web.Request) -> web.Response:
     if query.cursor:
         try:
             received, receipt_id = _decode_cursor(query.cursor)
-            after = (datetime.fromisoformat(received), uuid.UUID(receipt_id))
+            after = (instants.parse(received), uuid.UUID(receipt_id))
         except (TypeError, ValueError) as exc:
             raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
     async with connection(request.app[POOL]) as conn:
@@ -234,14 +235,21 @@ class _SearchQuery(BaseModel):
     reference: str | None = Field(default=None, max_length=500)
     status: str | None = None
     provider: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: Instant | None = None
+    until: Instant | None = None
     cursor: str | None = Field(default=None, max_length=1000)
     limit: int = Field(default=50, ge=1, le=500)
 
 
 def _encode_cursor(value: list[Any]) -> str:
     return base64.urlsafe_b64encode(dumps(value).encode()).decode().rstrip("=")
+
+
+def _cursor_text(value: object) -> str:
+    # A cursor is ours, but it comes back from the client: NUL would reach Postgres text.
+    if not isinstance(value, str) or "\x00" in value:
+        raise ValueError("not a cursor string")
+    return value
 
 
 def _decode_cursor(cursor: str) -> Any:
@@ -273,7 +281,7 @@ async def search_messages(request: web.Request) -> web.Response:
         decoded = _decode_cursor(query.cursor)
         try:
             created, provider, key = decoded
-            after = (datetime.fromisoformat(created), str(provider), str(key))
+            after = (instants.parse(created), _cursor_text(provider), _cursor_text(key))
         except (TypeError, ValueError) as exc:
             raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
     async with connection(request.app[POOL]) as conn:

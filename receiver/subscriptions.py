@@ -10,10 +10,11 @@ import yarl
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from receiver import forward_queries
+from receiver import forward_queries, instants
 from receiver.db import connection
 from receiver.errors import ApiError, read_body
 from receiver.forward import new_secret
+from receiver.instants import Instant
 from receiver.jsonio import has_nul, json_response
 from receiver.keys import POOL, SETTINGS
 from receiver.netguard import BlockedAddress, GuardedResolver, check_literal, parse_networks
@@ -68,8 +69,8 @@ _MOST_OLD_SECRETS = 10
 class _ReplayRange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime | None = None
-    until: datetime | None = None
+    since: Instant | None = None
+    until: Instant | None = None
 
 
 class _DeliveryQuery(BaseModel):
@@ -227,7 +228,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     if query.cursor:
         created, _, last_id = query.cursor.partition("|")
         try:
-            after = (datetime.fromisoformat(created), uuid.UUID(last_id))
+            after = (instants.parse(created), uuid.UUID(last_id))
         except ValueError as exc:
             raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
     async with connection(request.app[POOL]) as conn:

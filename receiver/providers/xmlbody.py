@@ -1,7 +1,8 @@
 """Infobip's XML report bodies, read into the same plain values its JSON bodies give."""
 
-from typing import Any
+from typing import Any, NoReturn
 from xml.etree import ElementTree
+from xml.parsers import expat
 
 from receiver.jsonio import MAX_DEPTH
 from receiver.reports import InvalidReport
@@ -9,14 +10,38 @@ from receiver.reports import InvalidReport
 
 def loads(body: bytes) -> dict[str, Any]:
     """Parse XML into dicts: an element with children becomes a dict, a repeated name a list."""
-    # Infobip sends plain documents; a DTD could only be an entity-expansion attack.
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-        raise InvalidReport("XML with a DTD is not accepted")
+    _refuse_dtd(body)
     try:
         root = ElementTree.fromstring(body)  # noqa: S314 - DTDs refused above
-    except ElementTree.ParseError as exc:
+    except (ElementTree.ParseError, ValueError) as exc:
         raise InvalidReport(f"body is not well-formed XML: {exc}") from exc
     return {_local(root.tag): _value(root)}
+
+
+class _DtdFoundError(Exception):
+    pass
+
+
+def _stop(*_: object) -> NoReturn:
+    raise _DtdFoundError
+
+
+def _refuse_dtd(body: bytes) -> None:
+    """Infobip sends plain documents; a DTD could only be an entity-expansion attack. Asked of
+    the XML parser itself, which stops at the DTD's first byte and before any entity is
+    expanded, whatever the document's encoding (a byte search for `<!DOCTYPE` missed UTF-16,
+    and a 3.6 MB body expanded to 300 M characters)."""
+    scanner = expat.ParserCreate()
+    scanner.StartDoctypeDeclHandler = _stop
+    scanner.EntityDeclHandler = _stop
+    try:
+        scanner.Parse(body, True)
+    except _DtdFoundError:
+        raise InvalidReport("XML with a DTD is not accepted") from None
+    except expat.ExpatError as exc:
+        raise InvalidReport(f"body is not well-formed XML: {exc}") from exc
+    except ValueError as exc:  # a declared encoding expat does not know ("utf-16-le")
+        raise InvalidReport(f"XML encoding not supported: {exc}") from exc
 
 
 def items(value: Any) -> list[Any]:

@@ -182,3 +182,33 @@ def test_send_response_registers_each_message_in_its_bulk() -> None:
 def test_send_response_without_messages_is_refused() -> None:
     with pytest.raises(InvalidReport):
         infobip.parse_registration(Registration({"bulkId": "x", "messages": []}, None, None, NOW))
+
+
+def billion_laughs(encoding: str) -> bytes:
+    entities = '<!ENTITY a0 "' + "lol" * 10 + '">'
+    entities += "".join(f'<!ENTITY a{i} "{f"&a{i - 1};" * 10}">' for i in range(1, 9))
+    document = (
+        f'<?xml version="1.0" encoding="{encoding}"?><!DOCTYPE r [{entities}]>'
+        "<reportResponse><results><result><messageId>&a8;</messageId></result></results>"
+        "</reportResponse>"
+    )
+    return document.encode(encoding)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_a_dtd_is_refused_by_the_parser_in_any_encoding(encoding: str) -> None:
+    # utf-16 writes a BOM; -le and -be do not, and expat tells them by the first bytes.
+    body = billion_laughs(encoding)
+    assert b"<!DOCTYPE" not in body or encoding == "utf-8"
+    with pytest.raises(InvalidReport, match=r"DTD|well-formed|encoding"):
+        infobip.parse_webhook(body, "application/xml", NOW)
+
+
+def test_a_utf16_document_without_a_dtd_is_read() -> None:
+    body = (
+        '<?xml version="1.0" encoding="utf-16"?><reportResponse><results><result>'
+        "<messageId>u16</messageId><status><groupId>3</groupId></status>"
+        "</result></results></reportResponse>"
+    ).encode("utf-16")
+    (update,) = infobip.parse_webhook(body, "application/xml", NOW).updates
+    assert update.message_key == "u16"

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from receiver.db import is_transient
 from receiver.keys import SETTINGS
+from receiver.logs import Throttle
 
 log = structlog.get_logger()
 
@@ -78,6 +79,10 @@ def refuse_early(request: web.Request) -> None:
         raise ApiError(413, "body_too_large", f"body larger than {limit} bytes")
 
 
+# One warning a second while the database is out, with how many 503s went unlogged.
+_OUTAGE_LINES = Throttle(1.0)
+
+
 def as_response(exc: Exception) -> web.Response:
     """The JSON answer for a failure; a non-error HTTPException (a redirect) is re-raised."""
     if isinstance(exc, ApiError):
@@ -93,7 +98,11 @@ def as_response(exc: Exception) -> web.Response:
         return error_response(499, "client_disconnected", "the client closed the connection")
     if is_transient(exc):
         # Providers retry on 5xx: a database outage costs a delay, not a report.
-        log.warning("database.unavailable", error=f"{type(exc).__name__}: {exc}")
+        skipped = _OUTAGE_LINES.due()
+        if skipped is not None:
+            log.warning(
+                "database.unavailable", error=f"{type(exc).__name__}: {exc}", not_logged=skipped
+            )
         return error_response(
             503,
             "database_unavailable",

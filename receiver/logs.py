@@ -4,6 +4,7 @@ import asyncio
 import atexit
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -124,6 +125,59 @@ def access(fields: dict[str, Any]) -> None:
         log.info(fields.pop("event"), **fields)
 
 
+class _StdlibToSink(logging.Handler):
+    """Lines from the standard library's logging (asyncpg, asyncio, aiohttp) as JSON lines in
+    the same sink: one object per line, its traceback inside (`exception`), never a multi-line
+    traceback in the middle of the JSON stream."""
+
+    def __init__(self, sink: LineSink) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event: dict[str, Any] = {
+                "event": record.getMessage(),
+                "logger": record.name,
+                "level": record.levelname.lower(),
+                "timestamp": datetime.fromtimestamp(record.created, UTC)
+                .isoformat()
+                .replace("+00:00", "Z"),
+            }
+            request_id = REQUEST_ID.get()
+            if request_id is not None:
+                event["request_id"] = request_id
+            if record.exc_info:
+                event["exception"] = logging.Formatter().formatException(record.exc_info)
+            line = _to_json(event)
+        except Exception:  # logging must not raise into its caller
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING:
+            self._sink.warning(line)
+        else:
+            self._sink.info(line)
+
+
+class Throttle:
+    """At most one line per `every` seconds for something that repeats (a 503 for each request
+    during a database outage was 4,849 warnings in 10 s); `due()` says whether to write one,
+    and how many were left out since the last."""
+
+    def __init__(self, every: float) -> None:
+        self._every = every
+        self._last = float("-inf")
+        self._skipped = 0
+
+    def due(self) -> int | None:
+        now = time.monotonic()
+        if now - self._last < self._every:
+            self._skipped += 1
+            return None
+        skipped, self._skipped, self._last = self._skipped, 0, now
+        return skipped
+
+
 def flush() -> None:
     if _sink is not None:
         _sink.flush()
@@ -135,6 +189,9 @@ def reset() -> None:
     flush()
     _sink = _access_sink = None
     _configured = False
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibToSink)]:
+        root.removeHandler(handler)
     structlog.reset_defaults()
 
 
@@ -142,12 +199,12 @@ def configure(level: str = "info", stream: BinaryIO | None = None) -> None:
     """JSON lines to `stream` (stdout's buffer unless given: tests read what is written)."""
     global _sink, _access_sink, _configured
     _configured = True
-    logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper())
     if stream is not None:
         _sink = LineSink(stream)
     elif _sink is None:
         _sink = LineSink(sys.stdout.buffer)
     sink = _sink
+    logging.basicConfig(handlers=[_StdlibToSink(sink)], level=level.upper(), force=True)
     numeric = logging.getLevelName(level.upper())
     _access_sink = sink if numeric <= logging.INFO else None
     structlog.configure(

@@ -73,3 +73,59 @@ def test_a_flush_left_on_a_closed_loop_does_not_hold_up_the_next_loops_lines() -
     asyncio.run(log_and_leave())  # its loop closes before the flush was due
     asyncio.run(log_and_wait())
     assert b"".join(raw.calls) == b'{"event":"one"}\n{"event":"two"}\n'
+
+
+def test_standard_library_lines_are_one_json_object_each_traceback_inside() -> None:
+    import json
+    import logging
+
+    out = io.BytesIO()
+    logs.configure("info", stream=out)
+    try:
+        try:
+            raise ConnectionResetError("peer went away\nsecond line")
+        except ConnectionResetError:
+            logging.getLogger("asyncpg.pool").exception("error on connection close")
+        logging.getLogger("asyncio").info("plain %s", "info")
+        logs.flush()
+    finally:
+        logs.reset()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert (first["event"], first["logger"], first["level"]) == (
+        "error on connection close",
+        "asyncpg.pool",
+        "error",
+    )
+    assert "ConnectionResetError: peer went away" in first["exception"]
+    assert (second["event"], second["level"]) == ("plain info", "info")
+
+
+def test_a_throttle_lets_one_line_a_period_through_and_counts_the_rest() -> None:
+    throttle = logs.Throttle(0.2)
+    assert throttle.due() == 0
+    assert [throttle.due() for _ in range(5)] == [None] * 5
+    import time
+
+    time.sleep(0.25)
+    assert throttle.due() == 5
+
+
+def test_an_outage_is_one_warning_a_second_not_one_per_request() -> None:
+    from structlog.testing import capture_logs
+
+    from receiver import errors
+
+    kept = errors._OUTAGE_LINES
+    errors._OUTAGE_LINES = logs.Throttle(60)  # a fresh one: other tests had outages too
+    try:
+        with capture_logs() as lines:
+            answers = [
+                errors.as_response(ConnectionRefusedError(111, "refused")) for _ in range(500)
+            ]
+    finally:
+        errors._OUTAGE_LINES = kept
+    assert {a.status for a in answers} == {503}
+    assert [e["event"] for e in lines] == ["database.unavailable"]
+    assert lines[0]["not_logged"] == 0

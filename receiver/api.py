@@ -16,7 +16,7 @@ from receiver.db import connection, is_transient
 from receiver.errors import ApiError, read_body
 from receiver.ingest import queries as ingest_queries
 from receiver.instants import Instant
-from receiver.jsonio import dumps, json_response, loads
+from receiver.jsonio import dumps, has_nul, json_response, loads
 from receiver.keys import JOURNAL, METRICS, POOL, PROJECTOR, SETTINGS
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Provider, Registration, describe
@@ -254,9 +254,13 @@ def _cursor_text(value: object) -> str:
 
 def _decode_cursor(cursor: str) -> Any:
     try:
-        return loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        value = loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, binascii.Error) as exc:
         raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    # Ours never hold NUL; one that does would reach Postgres text (a 500) or a lenient parse.
+    if has_nul(value):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
+    return value
 
 
 def _query(request: web.Request, model: type[_Q]) -> _Q:

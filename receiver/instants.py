@@ -22,6 +22,8 @@ def parse(text: object) -> datetime:
     """A moment from a cursor; ValueError (or TypeError) for anything else."""
     if not isinstance(text, str):
         raise TypeError("not a string")
+    if "\x00" in text:  # fromisoformat reads past it
+        raise ValueError("NUL in a moment")
     return in_utc(datetime.fromisoformat(text))
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import atexit
+import json
 import logging
 import sys
 import time
@@ -90,7 +91,12 @@ class LineSink:
 def _to_json(event: Any, **_: Any) -> bytes:
     # pydantic-core renders in one pass what json.dumps does in Python; anything it does not
     # know (an exception object, say) is written as its str().
-    return pydantic_core.to_json(event, fallback=str)
+    try:
+        return pydantic_core.to_json(event, fallback=str)
+    except pydantic_core.PydanticSerializationError:
+        # A string that is not Unicode (a raw byte aiohttp gave as a lone surrogate): a log
+        # line must never fail the request it describes, so it is written \u-escaped.
+        return json.dumps(event, default=str).encode()
 
 
 # The id of the request being handled, on every line logged while handling it. One variable

@@ -129,3 +129,12 @@ def test_an_outage_is_one_warning_a_second_not_one_per_request() -> None:
     assert {a.status for a in answers} == {503}
     assert [e["event"] for e in lines] == ["database.unavailable"]
     assert lines[0]["not_logged"] == 0
+
+
+def test_a_value_that_is_not_unicode_still_renders_as_one_json_line() -> None:
+    import json
+
+    # aiohttp gives a raw header byte as a lone surrogate, which UTF-8 cannot encode.
+    line = logs._to_json({"event": "http.request", "request_id": "\udcff\udcfe"})
+    assert b"\n" not in line
+    assert json.loads(line)["event"] == "http.request"

@@ -28,6 +28,14 @@ def loads(body: bytes) -> Any:
     """json.loads, with lone surrogates replaced by U+FFFD: a report that carries one is
     otherwise good, and is stored (its raw body is kept as it came). ValueError for what is
     not JSON, or is nested deeper than MAX_DEPTH."""
+    # pydantic-core's parser first, at a third of the cost on a provider's report. It refuses
+    # what json.loads reads differently (a lone surrogate, a byte-order mark), and those take
+    # the long way below; so does a body with enough brackets to nest too deep.
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        try:
+            return pydantic_core.from_json(body)
+        except ValueError:
+            pass
     try:
         value = json.loads(body)
     except RecursionError:

@@ -8,6 +8,7 @@ grow with load and a lone request waits for nobody.
 """
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class Position:
 class _Submission:
     row: JournalRow
     future: asyncio.Future[Position]
+    since: float  # loop time when it was handed in
 
 
 class Journal:
@@ -62,7 +64,9 @@ class Journal:
         self._pending: deque[_Submission] = deque()
         self._wakeup = asyncio.Event()
         self._flushes: set[asyncio.Task[None]] = set()
+        self._writing: list[list[_Submission]] = []  # the batches of the flushes under way
         self._runner: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._closing = False
         # Called after each commit: the projector in this process starts at once.
         self.on_commit: Callable[[], None] = lambda: None
@@ -80,18 +84,32 @@ class Journal:
     async def _append(self, row: JournalRow) -> Position:
         if self._runner is None or self._closing:
             raise RuntimeError("the journal is not running")
-        future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Submission(row, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Position] = loop.create_future()
+        self._pending.append(_Submission(row, future, loop.time()))
         self._wakeup.set()
-        try:
-            # A stalled database (a frozen server, a network dropping packets) would hold the
-            # provider until its own timeout, then it retries anyway: better told at once.
-            # Timed out, the row is dropped if still waiting its turn; if it is being written
-            # and commits after all, the provider's retry is a duplicate the projector's dedup
-            # keys collapse.
-            return await asyncio.wait_for(future, self._ack_timeout)
-        except TimeoutError:
-            raise DatabaseUnavailable(f"no commit within {self._ack_timeout} s") from None
+        # The ack timeout is kept by one watchdog for all, not a timer per request: a timer
+        # each (asyncio.wait_for) was a twentieth of a single report's request path.
+        return await future
+
+    async def _watch(self, limit: float) -> None:
+        """A stalled database (a frozen server, a network dropping packets) would hold the
+        provider until its own timeout, then it retries anyway: better told at once. Every
+        request waiting longer than `limit` seconds is answered 503. One still waiting its turn is
+        then not written; one whose batch is being written and commits after all leaves a
+        duplicate for the provider's retry, which the projector's dedup keys collapse."""
+        loop = asyncio.get_running_loop()
+        failure = f"no commit within {limit} s"
+        while True:
+            await asyncio.sleep(min(max(limit / 8, 0.01), 0.5))
+            late = loop.time() - limit
+            # Oldest first in both: stop at the first that is not late yet.
+            for waiting in (self._pending, *self._writing):
+                for item in waiting:
+                    if item.since > late:
+                        break
+                    if not item.future.done():
+                        item.future.set_exception(DatabaseUnavailable(failure))
 
     @property
     def inflight(self) -> int:
@@ -100,6 +118,10 @@ class Journal:
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name="journal")
+        if self._ack_timeout is not None:
+            self._watchdog = asyncio.create_task(
+                self._watch(self._ack_timeout), name="journal-watchdog"
+            )
 
     async def close(self) -> None:
         """Finish everything already submitted, then stop."""
@@ -108,6 +130,10 @@ class Journal:
         if self._runner is not None:
             await self._runner
         await asyncio.gather(*self._flushes, return_exceptions=True)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
 
     async def _run(self) -> None:
         while not self._closing or self._pending:
@@ -133,9 +159,10 @@ class Journal:
         return self._inflight < self._max_inflight and len(self._pending) >= _OVERLAP_AT
 
     async def _flush(self, batch: list[_Submission]) -> None:
+        self._writing.append(batch)
         try:
             async with connection(self._pool) as conn:
-                positions = await queries.append(conn, [item.row for item in batch])
+                xid, last = await queries.append(conn, [item.row for item in batch])
         except Exception as exc:
             if not is_transient(exc):
                 log.exception("journal.write_failed", requests=len(batch))
@@ -145,10 +172,14 @@ class Journal:
         else:
             self.transactions += 1
             self._metrics.inc("dlr_ingest_transactions_total")
-            for item, (xid, id_) in zip(batch, positions, strict=True):
+            # One position for the whole batch, its last row: one transaction, so a projector
+            # that has applied that row has applied all of them.
+            position = Position(xid, last)
+            for item in batch:
                 if not item.future.done():
-                    item.future.set_result(Position(xid, id_))
+                    item.future.set_result(position)
             self.on_commit()
         finally:
+            self._writing.remove(batch)
             self._inflight -= 1
             self._wakeup.set()  # room for the next batch

@@ -131,7 +131,7 @@ class Projector:
     async def _batch(self, *, careful: bool) -> int:
         async with connection(self._pool) as conn, conn.transaction():
             before = await queries.lock_progress(conn)
-            rows, after = await self._next(conn, before)
+            rows, after = await self._next(conn, before, await queries.writers_bound(conn))
             if not rows:
                 self._seen(before)
                 return 0
@@ -155,14 +155,18 @@ class Projector:
         self._seen(after)
         return len(rows)
 
-    async def _next(self, conn: Conn, at: queries.Progress) -> tuple[list[_Row], queries.Progress]:
+    async def _next(
+        self, conn: Conn, at: queries.Progress, bound: int
+    ) -> tuple[list[_Row], queries.Progress]:
         """What this transaction applies, and the progress once it has: at most max_updates
         updates. A row with more is applied in parts, each a transaction of its own (one
         transaction of 75,000 reports would hold its locks, and everything behind it, for
         its whole length); the rows after it go in beside its parts, up to half of each."""
         budget = self._max_updates
         if at.part is None:
-            found = [_decode(r) for r in await queries.read_journal(conn, at.upto, 1000, budget)]
+            found = [
+                _decode(r) for r in await queries.read_journal(conn, at.upto, bound, 1000, budget)
+            ]
             if not found:
                 return [], at
             rows = _fitting(found, budget)
@@ -178,7 +182,7 @@ class Projector:
             [
                 _decode(r)
                 for r in await queries.read_journal(
-                    conn, at.ahead or at.part, 1000, budget // 2, first_always=False
+                    conn, at.ahead or at.part, bound, 1000, budget // 2, first_always=False
                 )
             ],
             budget // 2,

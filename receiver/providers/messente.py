@@ -8,7 +8,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from receiver.jsonio import model_jsonb_text
+from receiver.jsonio import loads, model_jsonb_text
 from receiver.providers.base import (
     Fetched,
     PollTarget,
@@ -24,7 +24,14 @@ from receiver.providers.base import (
     sign_hex_hmac,
     verify_hex_hmac,
 )
-from receiver.reports import Parsed, StatusUpdate, may_hold_nul, nul_field, nul_problem
+from receiver.reports import (
+    InvalidReport,
+    Parsed,
+    StatusUpdate,
+    may_hold_nul,
+    nul_field,
+    nul_problem,
+)
 from receiver.settings import Settings
 from receiver.status import Status
 
@@ -53,7 +60,7 @@ class _DeliveryResult(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    omnimessage_id: str = Field(min_length=1, max_length=200)
+    omnimessage_id: str = Field(min_length=1, max_length=200)  # as _KEY_MAX
     message_id: str | None = Field(default=None, min_length=1, max_length=200)
     # Null while Messente is still processing.
     status: str | None = Field(default=None, max_length=100)
@@ -77,6 +84,26 @@ def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verif
 def sign(password: str, body: bytes) -> str:
     """The signature Messente would send; for tests, tools and the README's curl example."""
     return sign_hex_hmac(password, body, "sha256")
+
+
+def check_webhook(body: bytes, content_type: str | None) -> int:
+    """A report is checked here and parsed in the projector: validating it and building its
+    update was most of what a Messente request cost before its answer. What names the message
+    is checked now, so a body that cannot be a report still gets its 400 at once; one whose
+    other fields do not parse is kept with its problem, for reprocess after a parser fix."""
+    try:
+        document = loads(body)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise InvalidReport(f"body is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidReport("body must be a JSON object (one delivery report)")
+    key = document.get("omnimessage_id")
+    if not isinstance(key, str) or not 1 <= len(key) <= _KEY_MAX:
+        raise InvalidReport(f"omnimessage_id must be a string of 1 to {_KEY_MAX} characters")
+    return 1
+
+
+_KEY_MAX = 200
 
 
 def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) -> Parsed:
@@ -239,6 +266,7 @@ PROVIDER = Provider(
     name=NAME,
     parse_registration=parse_registration,
     verify=verify,
+    check_webhook=check_webhook,
     parse_webhook=parse_webhook,
     poll=poll,
     poll_configured=poll_configured,

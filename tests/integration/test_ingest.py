@@ -16,13 +16,19 @@ from structlog.testing import capture_logs
 from receiver.db import open_pool
 from receiver.ingest import codec
 from receiver.ingest.apply import Entry, apply
-from receiver.ingest.journal import Journal
+from receiver.ingest.journal import Journal, Position
 from receiver.ingest.projector import Projector
 from receiver.keys import JOURNAL
 from receiver.providers import messente
 from receiver.reports import Receipt, StatusUpdate, new_id
 from receiver.status import Status
-from tests.conftest import AUTH, MESSENTE_PASSWORD, eventually, someone_waits_on
+from tests.conftest import (
+    AUTH,
+    MESSENTE_PASSWORD,
+    eventually,
+    someone_waits_on,
+    with_database,
+)
 
 Client = TestClient[Any, Any]
 
@@ -63,10 +69,13 @@ async def test_concurrent_appends_share_transactions(
     positions = await asyncio.gather(
         *(journal.append(receipt(), [update(f"m{i}")]) for i in range(50))
     )
-    assert len(set(positions)) == 50
     # With one transaction in flight at a time, the other 49 requests gather behind it.
     assert journal.transactions < 50
     assert await db.fetchval("select count(*) from journal") == 50
+    # Each request is told its transaction's last row: applied, it means all of them are.
+    last_rows = await db.fetch("select xid::text::bigint, max(id) from journal group by xid")
+    assert set(positions) == {Position(xid, last) for xid, last in last_rows}
+    assert len(last_rows) == journal.transactions
     # Acknowledged is journaled, not yet projected: the timeline is written behind.
     assert await db.fetchval("select count(*) from events") == 0
     assert await project_all(Projector(pool)) == 50
@@ -123,6 +132,30 @@ async def test_a_row_committed_late_with_a_lower_id_is_not_skipped(
     assert await project_all(projector) == 2
     keys = {r["message_key"] for r in await db.fetch("select message_key from events")}
     assert keys == {"late", "early"}
+
+
+async def test_a_write_left_open_in_another_database_does_not_hold_projection_back(
+    journal: Journal, pool: asyncpg.Pool, server_url: str, db: asyncpg.Connection
+) -> None:
+    # Another application on the same Postgres server leaves a transaction open after a
+    # write (idle in transaction). The cluster's oldest running xid is then older than
+    # every journal row from now on; only this database's transactions can write here.
+    name = f"dlr_elsewhere_{new_id().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    await admin.execute(f'create database "{name}"')
+    elsewhere = await asyncpg.connect(with_database(server_url, name))
+    try:
+        idle = elsewhere.transaction()
+        await idle.start()
+        await elsewhere.fetchval("select pg_current_xact_id()")  # it holds an xid now
+        await journal.append(receipt(), [update("after-the-open-write")])
+        assert await project_all(Projector(pool)) == 1
+        assert await db.fetchval("select count(*) from events") == 1
+        await idle.rollback()
+    finally:
+        await elsewhere.close()
+        await admin.execute(f'drop database "{name}" with (force)')
+        await admin.close()
 
 
 async def test_two_projectors_apply_everything_once_and_in_rule_order(

@@ -275,6 +275,9 @@ async def test_unknown_status_is_stored_raw_as_unknown_and_counted(client: Clien
         (b'{"message_id": "m", "status": "DELIVRD"}', "omnimessage_id"),
         (b'{"omnimessage_id": ["o"], "status": "DELIVRD"}', "omnimessage_id"),
         (b"", "empty"),
+        (b'[{"omnimessage_id": "o"}]', "an array"),
+        (b'{"omnimessage_id": "", "status": "DELIVRD"}', "empty id"),
+        (json.dumps({"omnimessage_id": "o" * 201}).encode(), "id too long"),
     ],
 )
 async def test_signed_but_unreadable_report_is_400_and_kept_raw(
@@ -290,6 +293,29 @@ async def test_signed_but_unreadable_report_is_400_and_kept_raw(
     assert stored is not None
     assert stored["body"] == body
     assert stored["problem"]
+
+
+async def test_a_report_that_names_its_message_but_does_not_parse_is_acknowledged_and_kept(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    # Checked on arrival (a JSON object naming its omnimessage), parsed by the projector: a
+    # field that does not parse costs no 400, whose retry would carry the same bytes. The
+    # receipt keeps the body and the problem, for reprocess after a parser fix.
+    body = json.dumps({"omnimessage_id": OMNI, "status": "DELIVRD", "err": "not a number"})
+    resp = await post_report(client, body.encode())
+    assert resp.status == 200
+    answer = await resp.json()
+    assert (answer["reports"], answer["problems"]) == (1, [])
+    await projected(client.app)
+    stored = await db.fetchrow(
+        "select body, problem from journal where receipt_id = $1::uuid", answer["receipt_id"]
+    )
+    assert stored is not None
+    assert stored["body"] == body.encode()
+    assert "err" in stored["problem"]
+    assert await db.fetchval("select count(*) from events") == 0
+    listed = await client.get("/v1/receipts/problems", headers=AUTH)
+    assert answer["receipt_id"] in json.dumps(await listed.json())
 
 
 async def test_oversized_body_is_413_json(database_url: str, aiohttp_client: AiohttpClient) -> None:

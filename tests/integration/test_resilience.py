@@ -131,8 +131,17 @@ async def stored(db: asyncpg.Connection, ids: list[str]) -> set[str]:
 async def journaled(db: asyncpg.Connection) -> set[str]:
     """The omnimessage ids of every Messente report in the journal (committed, maybe not yet
     projected)."""
-    rows = await db.fetch("select updates from journal where provider = 'messente'")
-    return {u.message_key for r in rows for u in codec.decode(r["updates"])}
+    rows = await db.fetch("select body, updates from journal where provider = 'messente'")
+    # A Messente webhook is journaled unparsed (the projector parses it); a poll, parsed.
+    return {
+        key
+        for r in rows
+        for key in (
+            [json.loads(r["body"])["omnimessage_id"]]
+            if r["updates"] is None
+            else [u.message_key for u in codec.decode(r["updates"])]
+        )
+    }
 
 
 async def backlog(db: asyncpg.Connection) -> int:

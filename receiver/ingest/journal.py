@@ -38,7 +38,7 @@ class Position:
     id: int
 
 
-@dataclass
+@dataclass(slots=True)
 class _Submission:
     row: JournalRow
     future: asyncio.Future[Position]

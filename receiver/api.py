@@ -34,6 +34,7 @@ class _RegistrationBody(BaseModel):
     response: Any = Field(description="the provider's send response, verbatim")
     request: Any | None = None
     reference: str | None = Field(default=None, max_length=500)
+    channel: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,49}$")
 
 
 def _provider(request: web.Request) -> Provider:
@@ -54,7 +55,11 @@ async def register(request: web.Request) -> web.Response:
     if parsed.response is None:
         raise ApiError(400, "invalid_body", "response: the provider's send response is required")
     registration = Registration(
-        parsed.response, parsed.request, parsed.reference, datetime.now(UTC)
+        parsed.response,
+        parsed.request,
+        parsed.reference,
+        datetime.now(UTC),
+        parsed.channel.lower() if parsed.channel else None,
     )
     try:
         updates = provider.parse_registration(registration)

@@ -3,6 +3,7 @@
 import ipaddress
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -30,6 +31,15 @@ def split_token(entry: str) -> tuple[str, frozenset[str]]:
             f" (unknown: {unknown}); the token itself is not shown"
         )
     return token, frozenset(scopes)
+
+
+def _known_zone(name: str) -> None:
+    """A time zone name the service can use, or a clear error at start."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        message = f"unknown time zone {name!r}; use an IANA name like Europe/Athens"
+        raise ValueError(message) from None
 
 
 def _split_commas(value: object) -> object:
@@ -145,6 +155,18 @@ class Settings(BaseSettings):
     forward_disable_after: float = Field(default=5 * 86400, gt=0)
     # Bounds for an honoured Retry-After (429/503).
     forward_max_retry_after: float = Field(default=6 * 3600, gt=0)
+
+    # --- Provider accounts (issue 11) ---------------------------------------------------
+    # The IANA zone Mercury's zone-less times are in (the account's local time).
+    mercury_time_zone: str = "UTC"
+
+    @field_validator("mercury_time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        _known_zone(value)
+        return value
+
+    # --- end of provider accounts --------------------------------------------------------
 
     @field_validator(
         "api_tokens",

@@ -229,7 +229,11 @@ class _State:
         """Rules 3 and 4 over every event; the row to write (None: unchanged) and, when
         `recording`, the change."""
         events = _effective(self.events)
-        observations = [Observation(e.status, e.occurred_at, e.channel) for e in events]
+        # A report that names no channel (Infobip's WhatsApp and Viber reports) is about the
+        # one channel the message is known by, from its registration or an earlier report.
+        channels = {e.channel for e in events if e.channel}
+        only = next(iter(channels)) if len(channels) == 1 else None
+        observations = [Observation(e.status, e.occurred_at, e.channel or only) for e in events]
         outcome = compose(observations, self.info["channel_order"] or ())
         attempt_ids = {e.channel: e.attempt_id for e in events if e.channel and e.attempt_id}
         attempts = [

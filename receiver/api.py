@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from receiver import instants, queries
+from receiver import instants, phones, queries
 from receiver.db import connection, is_transient
 from receiver.errors import ApiError, read_body
 from receiver.ingest import queries as ingest_queries
@@ -296,7 +296,7 @@ async def search_messages(request: web.Request) -> web.Response:
     async with connection(request.app[POOL]) as conn:
         rows = await queries.search_messages(
             conn,
-            recipient=query.recipient,
+            recipient=phones.spellings(query.recipient) if query.recipient else None,
             statuses=statuses,
             provider=query.provider,
             since=query.since,

@@ -90,7 +90,13 @@ def make_projector(
         pool,
         max_updates=settings.project_max_batch,
         idle_poll=settings.project_idle_poll,
-        polled_providers=[p.name for p in PROVIDERS.values() if p.poll is not None],
+        # Only what a configured account polls is scheduled: a message nobody will poll
+        # must not wait in the poll index (and become `stale`) for nothing.
+        polled_providers=[
+            p.name
+            for p in PROVIDERS.values()
+            if p.poll is not None and p.poll_configured is not None and p.poll_configured(settings)
+        ],
         first_poll_in=settings.poll_min_interval,
         metrics=metrics,
     )

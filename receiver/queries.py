@@ -121,7 +121,7 @@ async def message_summaries(conn: Conn, provider: str, keys: Sequence[str]) -> l
 async def search_messages(
     conn: Conn,
     *,
-    recipient: str | None,
+    recipient: Sequence[str] | None,
     statuses: Sequence[str] | None,
     provider: str | None,
     since: datetime | None,
@@ -136,7 +136,8 @@ async def search_messages(
         select provider, key, status, status_at, channel, recipient, reference, group_key,
                created_at, updated_at
         from messages
-        where ($1::text is null or recipient = $1)
+        -- Any of the spellings a number may be stored under (receiver/phones.py).
+        where ($1::text[] is null or recipient = any($1::text[]))
           and ($2::text[] is null or status = any($2::text[]))
           and ($3::text is null or provider = $3)
           and ($4::timestamptz is null or created_at >= $4)

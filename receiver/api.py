@@ -104,6 +104,7 @@ async def get_message(request: web.Request) -> web.Response:
             "recipient": row["recipient"],
             "reference": row["reference"],
             "group": row["group_key"],
+            "account": row["account"],
             "aliases": aliases,
             "channel_order": row["channel_order"],
             "attempts": row["attempts"],
@@ -238,6 +239,7 @@ class _SearchQuery(BaseModel):
 
     recipient: str | None = Field(default=None, max_length=200)
     reference: str | None = Field(default=None, max_length=500)
+    account: str | None = Field(default=None, max_length=100)
     status: str | None = None
     provider: str | None = None
     since: Instant | None = None
@@ -297,6 +299,7 @@ async def search_messages(request: web.Request) -> web.Response:
         rows = await queries.search_messages(
             conn,
             recipient=phones.spellings(query.recipient) if query.recipient else None,
+            account=query.account,
             statuses=statuses,
             provider=query.provider,
             since=query.since,

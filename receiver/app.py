@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/readyz", api.readyz),
             web.get("/metrics", api.metrics),
             web.post("/webhooks/{provider}", webhooks.receive),
+            web.post("/webhooks/{provider}/{token}", webhooks.receive),
             web.post("/v1/messages/{provider}", api.register),
             web.get("/v1/messages", api.search_messages),
             web.get("/v1/messages/{provider}/{id}", api.get_message),

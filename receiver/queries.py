@@ -129,6 +129,7 @@ async def search_messages(
     after: tuple[datetime, str, str] | None,
     limit: int,
     reference: str | None = None,
+    account: str | None = None,
 ) -> list[asyncpg.Record]:
     """Newest first; `after` is the (created_at, provider, key) of the last row already seen."""
     return await conn.fetch(
@@ -144,6 +145,7 @@ async def search_messages(
           and ($5::timestamptz is null or created_at < $5)
           and ($6::timestamptz is null or (created_at, provider, key) < ($6, $7, $8))
           and ($10::text is null or reference = $10)
+          and ($11::text is null or account = $11)
         order by created_at desc, provider desc, key desc
         limit $9
         """,
@@ -157,6 +159,7 @@ async def search_messages(
         after[2] if after else None,
         limit,
         reference,
+        account,
     )
 
 

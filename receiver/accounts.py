@@ -4,7 +4,7 @@ optional expiry (rotation with a grace period) and an optional URL token."""
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from receiver.providers.base import Verification, same
+from receiver.providers.base import Verification, Verifier, same
 from receiver.settings import Account, Settings
 
 DEFAULT = "default"
@@ -55,7 +55,7 @@ def by_token(settings: Settings, provider: str, token: str) -> str | None:
 
 
 def verify(
-    settings: Settings, provider: str, check: object, headers: Mapping[str, str], body: bytes
+    settings: Settings, provider: str, check: Verifier, headers: Mapping[str, str], body: bytes
 ) -> tuple[Verification, str | None]:
     """Verify against each live account of the provider; the first that verifies names the
     account. `check` is the provider's verify(settings, headers, body)."""
@@ -66,7 +66,7 @@ def verify(
     for name, account in accounts(settings, provider).items():
         if account.secret is None or not _live(account, now):
             continue
-        result = check(as_settings(settings, provider, account), headers, body)  # type: ignore[operator]
+        result = check(as_settings(settings, provider, account), headers, body)
         if result is Verification.OK:
             return result, name
         # MISSING wins over BAD only when nothing was ever presented.

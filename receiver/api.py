@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from receiver import instants, queries
+from receiver import instants, phones, queries
 from receiver.db import connection, is_transient
 from receiver.errors import ApiError, read_body
 from receiver.ingest import queries as ingest_queries
@@ -34,6 +34,7 @@ class _RegistrationBody(BaseModel):
     response: Any = Field(description="the provider's send response, verbatim")
     request: Any | None = None
     reference: str | None = Field(default=None, max_length=500)
+    channel: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,49}$")
 
 
 def _provider(request: web.Request) -> Provider:
@@ -54,7 +55,11 @@ async def register(request: web.Request) -> web.Response:
     if parsed.response is None:
         raise ApiError(400, "invalid_body", "response: the provider's send response is required")
     registration = Registration(
-        parsed.response, parsed.request, parsed.reference, datetime.now(UTC)
+        parsed.response,
+        parsed.request,
+        parsed.reference,
+        datetime.now(UTC),
+        parsed.channel.lower() if parsed.channel else None,
     )
     try:
         updates = provider.parse_registration(registration)
@@ -99,6 +104,7 @@ async def get_message(request: web.Request) -> web.Response:
             "recipient": row["recipient"],
             "reference": row["reference"],
             "group": row["group_key"],
+            "account": row["account"],
             "aliases": aliases,
             "channel_order": row["channel_order"],
             "attempts": row["attempts"],
@@ -233,6 +239,7 @@ class _SearchQuery(BaseModel):
 
     recipient: str | None = Field(default=None, max_length=200)
     reference: str | None = Field(default=None, max_length=500)
+    account: str | None = Field(default=None, max_length=100)
     status: str | None = None
     provider: str | None = None
     since: Instant | None = None
@@ -291,7 +298,8 @@ async def search_messages(request: web.Request) -> web.Response:
     async with connection(request.app[POOL]) as conn:
         rows = await queries.search_messages(
             conn,
-            recipient=query.recipient,
+            recipient=phones.spellings(query.recipient) if query.recipient else None,
+            account=query.account,
             statuses=statuses,
             provider=query.provider,
             since=query.since,

@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/readyz", api.readyz),
             web.get("/metrics", api.metrics),
             web.post("/webhooks/{provider}", webhooks.receive),
+            web.post("/webhooks/{provider}/{token}", webhooks.receive),
             web.post("/v1/messages/{provider}", api.register),
             web.get("/v1/messages", api.search_messages),
             web.get("/v1/messages/{provider}/{id}", api.get_message),
@@ -90,7 +91,13 @@ def make_projector(
         pool,
         max_updates=settings.project_max_batch,
         idle_poll=settings.project_idle_poll,
-        polled_providers=[p.name for p in PROVIDERS.values() if p.poll is not None],
+        # Only what a configured account polls is scheduled: a message nobody will poll
+        # must not wait in the poll index (and become `stale`) for nothing.
+        polled_providers=[
+            p.name
+            for p in PROVIDERS.values()
+            if p.poll is not None and p.poll_configured is not None and p.poll_configured(settings)
+        ],
         first_poll_in=settings.poll_min_interval,
         metrics=metrics,
     )

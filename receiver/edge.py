@@ -72,7 +72,12 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         fields: dict[str, Any] = {
             "event": "http.request",
             "method": request.method,
-            "path": request.path,
+            # A webhook URL token is a secret: never in a log line.
+            "path": (
+                f"/webhooks/{request.match_info.get('provider', '?')}/<token>"
+                if "token" in request.match_info
+                else request.path
+            ),
             "status": status,
             "ms": round((time.perf_counter() - started) * 1000, 2),
             "remote": request.remote,

@@ -149,7 +149,11 @@ class Poller:
                 if (provider.name, row["group_key"]) in seen_groups:
                     continue
                 seen_groups.add((provider.name, row["group_key"]))
-                jobs.append(self._poll_group(provider, row["group_key"]))
+                jobs.append(
+                    self._poll_group(
+                        provider, row["group_key"], row["next_poll_at"], row["poll_attempts"]
+                    )
+                )
             else:
                 jobs.append(self._poll_one(provider, PollTarget(row["key"]), [row["key"]]))
         for outcome in await asyncio.gather(*jobs, return_exceptions=True):
@@ -158,8 +162,12 @@ class Poller:
                 log.error("poll.failed", error=f"{type(outcome).__name__}: {outcome}")
         return len(claimed)
 
-    async def _poll_group(self, provider: Provider, group: str) -> None:
+    async def _poll_group(
+        self, provider: Provider, group: str, next_poll_at: datetime | None, attempts: int
+    ) -> None:
         async with connection(self._pool) as conn:
+            # One poll answers for every recipient: the rest wait for the same next one.
+            await poll_queries.schedule_group(conn, provider.name, group, next_poll_at, attempts)
             # Recipients Mercury refused at registration are settled; the rest share its fate.
             members = await poll_queries.group_keys(conn, provider.name, group, "rejected")
         await self._poll_one(provider, PollTarget(group, group, members), members)
@@ -271,6 +279,8 @@ class Poller:
                 parsed = infobip.parse_webhook(body, "application/json", _now())
             except InvalidReport as exc:
                 parsed = Parsed([], [str(exc)])
+            if not parsed.updates and not parsed.problems:
+                return  # drained: an empty answer is nothing to keep (it was a row each time)
             receipt = Receipt(infobip.NAME, "poll", body, "application/json", parsed.problem)
             await self._store_until_committed(receipt, parsed.updates)
             if not parsed.updates:

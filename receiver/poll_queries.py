@@ -40,7 +40,7 @@ async def claim_polls(
             poll_attempts = m.poll_attempts + 1
         from due
         where m.provider = due.provider and m.key = due.key
-        returning m.provider, m.key, m.group_key, m.stale
+        returning m.provider, m.key, m.group_key, m.stale, m.next_poll_at, m.poll_attempts
         """,
         list(providers),
         limit,
@@ -85,3 +85,20 @@ async def group_keys(
         exclude_status,
     )
     return [r["key"] for r in rows]
+
+
+async def schedule_group(
+    conn: Conn, provider: str, group: str, next_poll_at: object, attempts: int
+) -> None:
+    """Give every scheduled member of a group (a Mercury dispatch) the schedule of the one
+    claimed: the group is polled once for all of them, not once per claim batch of them."""
+    await conn.execute(
+        """
+        update messages set next_poll_at = $3, poll_attempts = $4
+        where provider = $1 and group_key = $2 and next_poll_at is not null and not stale
+        """,
+        provider,
+        group,
+        next_poll_at,
+        attempts,
+    )

@@ -121,7 +121,7 @@ async def message_summaries(conn: Conn, provider: str, keys: Sequence[str]) -> l
 async def search_messages(
     conn: Conn,
     *,
-    recipient: str | None,
+    recipient: Sequence[str] | None,
     statuses: Sequence[str] | None,
     provider: str | None,
     since: datetime | None,
@@ -129,6 +129,7 @@ async def search_messages(
     after: tuple[datetime, str, str] | None,
     limit: int,
     reference: str | None = None,
+    account: str | None = None,
 ) -> list[asyncpg.Record]:
     """Newest first; `after` is the (created_at, provider, key) of the last row already seen."""
     return await conn.fetch(
@@ -136,13 +137,15 @@ async def search_messages(
         select provider, key, status, status_at, channel, recipient, reference, group_key,
                created_at, updated_at
         from messages
-        where ($1::text is null or recipient = $1)
+        -- Any of the spellings a number may be stored under (receiver/phones.py).
+        where ($1::text[] is null or recipient = any($1::text[]))
           and ($2::text[] is null or status = any($2::text[]))
           and ($3::text is null or provider = $3)
           and ($4::timestamptz is null or created_at >= $4)
           and ($5::timestamptz is null or created_at < $5)
           and ($6::timestamptz is null or (created_at, provider, key) < ($6, $7, $8))
           and ($10::text is null or reference = $10)
+          and ($11::text is null or account = $11)
         order by created_at desc, provider desc, key desc
         limit $9
         """,
@@ -156,6 +159,7 @@ async def search_messages(
         after[2] if after else None,
         limit,
         reference,
+        account,
     )
 
 

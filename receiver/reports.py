@@ -96,6 +96,8 @@ class Receipt:
     # Set by python -m receiver reprocess: the stored receipt whose body this one read again.
     # Its events point there, and this receipt's own body is left empty.
     replays: uuid.UUID | None = None
+    # The provider account it came by (verified with, or polled through); None: the default.
+    account: str | None = None
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class Reprocessed:
 
 
 _KEPT = """
-    select id, receipt_id, provider, source, content_type, body, received_at, problem
+    select id, receipt_id, provider, source, content_type, body, received_at, problem, account
     from journal
     where id > $1 and replays is null
       and (source = 'webhook' or (provider = $2 and source = 'poll'))
@@ -129,6 +129,7 @@ async def reprocess(
                     row["content_type"],
                     problem=parsed.problem,
                     replays=row["receipt_id"],
+                    account=row["account"],
                 )
                 done.last = await journal.append(again, updates)
             elif parsed.problem != row["problem"]:

@@ -3,8 +3,9 @@
 import ipaddress
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROVIDER_NAMES = ("messente", "infobip", "comapi", "mercury")
@@ -32,11 +33,40 @@ def split_token(entry: str) -> tuple[str, frozenset[str]]:
     return token, frozenset(scopes)
 
 
+def _known_zone(name: str) -> None:
+    """A time zone name the service can use, or a clear error at start."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        message = f"unknown time zone {name!r}; use an IANA name like Europe/Athens"
+        raise ValueError(message) from None
+
+
 def _split_commas(value: object) -> object:
     # Lists arrive as "a,b,c" in the environment; pydantic-settings would want JSON.
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     return value
+
+
+# --- Provider accounts (issue 11) ---------------------------------------------------------
+
+
+class Account(BaseModel):
+    """One entry of RECEIVER_ACCOUNTS (JSON): `{"messente": {"brand2": {...}}}`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Messente: the API password (the DLR signature key); Comapi: the webhook secret;
+    # Infobip: the Basic password, with `username`.
+    secret: SecretStr | None = None
+    username: str | None = None
+    # Accepted until then, refused after: keep the old credentials as an account with an
+    # expiry while the provider moves to the new ones.
+    until: AwareDatetime | None = None
+    # An unguessable path segment (/webhooks/{provider}/{token}) for per-request URLs
+    # (Infobip notifyUrl, Messente dlr_url) that arrive with no credentials at all.
+    url_token: SecretStr | None = Field(default=None)
 
 
 class Settings(BaseSettings):
@@ -145,6 +175,34 @@ class Settings(BaseSettings):
     forward_disable_after: float = Field(default=5 * 86400, gt=0)
     # Bounds for an honoured Retry-After (429/503).
     forward_max_retry_after: float = Field(default=6 * 3600, gt=0)
+
+    # --- Provider accounts (issue 11) ---------------------------------------------------
+    # The IANA zone Mercury's zone-less times are in (the account's local time).
+    mercury_time_zone: str = "UTC"
+    # More accounts per provider, as JSON: {"infobip": {"brand2": {"username": ..., "secret":
+    # ..., "until": ..., "url_token": ...}}}. Read by receiver/accounts.py.
+    accounts: dict[str, dict[str, Account]] = {}
+
+    @field_validator("mercury_time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        _known_zone(value)
+        return value
+
+    @field_validator("accounts")
+    @classmethod
+    def _account_providers(cls, value: dict[str, dict[str, Account]]) -> object:
+        unknown = sorted(set(value) - set(PROVIDER_NAMES))
+        if unknown:
+            raise ValueError(f"unknown providers {unknown}; known: {list(PROVIDER_NAMES)}")
+        for accounts in value.values():
+            for account in accounts.values():
+                token = account.url_token
+                if token is not None and len(token.get_secret_value()) < 32:
+                    raise ValueError("a url_token needs at least 32 characters (unguessable)")
+        return value
+
+    # --- end of provider accounts --------------------------------------------------------
 
     @field_validator(
         "api_tokens",

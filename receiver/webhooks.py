@@ -6,6 +6,7 @@ import pydantic_core
 import structlog
 from aiohttp import hdrs, web
 
+from receiver import accounts
 from receiver.edge import LOG_FACTS
 from receiver.errors import ApiError, read_body
 from receiver.keys import JOURNAL, SETTINGS
@@ -30,7 +31,19 @@ async def receive(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     body = await read_body(request)
 
-    verdict = provider.verify(settings, request.headers, body)
+    token = request.match_info.get("token")
+    if token is not None:
+        # A per-request URL (Infobip notifyUrl, Messente dlr_url) carries no credentials: the
+        # unguessable token in the path is the authentication. Never logged (edge.py).
+        account = accounts.by_token(settings, provider.name, token)
+        if account is None:
+            log.warning("webhook.unverified", provider=provider.name, verdict="bad_token")
+            raise ApiError(401, "invalid_token", "unknown webhook URL token")
+        verdict = Verification.OK
+    else:
+        verdict, account = accounts.verify(
+            settings, provider.name, provider.verify, request.headers, body
+        )
     if verdict is Verification.NOT_CONFIGURED and provider.name not in settings.insecure_webhooks:
         log.warning("webhook.not_configured", provider=provider.name)
         raise ApiError(
@@ -51,7 +64,9 @@ async def receive(request: web.Request) -> web.Response:
         parsed = None if count is not None else provider.parse_webhook(body, content_type, now())
     except InvalidReport as exc:
         # Authenticated but unreadable: keep the raw body, so a parser fix can still recover it.
-        receipt = Receipt(provider.name, "webhook", body, content_type, problem=str(exc))
+        receipt = Receipt(
+            provider.name, "webhook", body, content_type, problem=str(exc), account=account
+        )
         await journal.append(receipt, [])
         log.warning("webhook.invalid", provider=provider.name, problem=str(exc))
         raise ApiError(
@@ -61,15 +76,22 @@ async def receive(request: web.Request) -> web.Response:
     # Committed to the journal is acknowledged: the timeline follows a moment later.
     if parsed is None:
         assert count is not None
-        receipt = Receipt(provider.name, "webhook", body, content_type)
+        receipt = Receipt(provider.name, "webhook", body, content_type, account=account)
         await journal.append_unparsed(receipt, count)
         problems: list[str] = []  # found by the projector, kept on the receipt
     else:
-        receipt = Receipt(provider.name, "webhook", body, content_type, problem=parsed.problem)
+        receipt = Receipt(
+            provider.name, "webhook", body, content_type, problem=parsed.problem, account=account
+        )
         await journal.append(receipt, parsed.updates)
         count, problems = len(parsed.updates), parsed.problems
     # Facts for the request's one log line (written by the edge middleware).
-    request[LOG_FACTS] = {"provider": provider.name, "reports": count, "problems": len(problems)}
+    request[LOG_FACTS] = {
+        "provider": provider.name,
+        "account": account,
+        "reports": count,
+        "problems": len(problems),
+    }
     # Strings and numbers only: encoded in one pass by pydantic-core, not json.dumps.
     answer = {"receipt_id": str(receipt.id), "reports": count, "problems": problems}
     return web.Response(

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from receiver import phones
 from receiver.db import Conn
 from receiver.ingest import queries
 from receiver.jsonio import jsonb_text
@@ -44,6 +45,8 @@ class Entry:
     receipt_id: uuid.UUID
     source: str
     received_at: datetime
+    # The provider account the request came by (None: the default account, or from before).
+    account: str | None = None
 
 
 async def apply(
@@ -76,6 +79,8 @@ async def apply(
     for index, entry, update in pairs:
         state = states[(update.provider, update.message_key)]
         state.merge_info(update)
+        # A message belongs to the account its first report came by.
+        state.info["account"] = state.info["account"] or entry.account
         if update.dedup_key in state.dedup_keys:
             continue  # rule 2: seen before (retry, or pushed and polled), or twice in this batch
         state.dedup_keys.add(update.dedup_key)
@@ -163,6 +168,7 @@ _NO_INFO: dict[str, Any] = {
     "reference": None,
     "channel_order": None,
     "registered": False,
+    "account": None,
 }
 
 
@@ -189,6 +195,7 @@ class _State:
                 "reference": row["reference"],
                 "channel_order": tuple(order) if order else None,
                 "registered": row["registered"],
+                "account": row["account"],
             }
         if row["event_id"] is not None:
             self.dedup_keys.add(row["dedup_key"])
@@ -213,7 +220,9 @@ class _State:
     def merge_info(self, u: StatusUpdate) -> None:
         """Rule 5: what reports and registrations say about the message adds up."""
         info = self.info
-        info["recipient"] = info["recipient"] or u.recipient
+        # Stored as E.164 where it is an international number, so one search finds it
+        # whichever provider wrote it (computed only while the message has none).
+        info["recipient"] = info["recipient"] or phones.stored(u.recipient)
         info["group_key"] = info["group_key"] or u.group_key
         if u.registered and u.reference:
             # A registered reference outranks one a report carried (Infobip callbackData).
@@ -229,7 +238,11 @@ class _State:
         """Rules 3 and 4 over every event; the row to write (None: unchanged) and, when
         `recording`, the change."""
         events = _effective(self.events)
-        observations = [Observation(e.status, e.occurred_at, e.channel) for e in events]
+        # A report that names no channel (Infobip's WhatsApp and Viber reports) is about the
+        # one channel the message is known by, from its registration or an earlier report.
+        channels = {e.channel for e in events if e.channel}
+        only = next(iter(channels)) if len(channels) == 1 else None
+        observations = [Observation(e.status, e.occurred_at, e.channel or only) for e in events]
         outcome = compose(observations, self.info["channel_order"] or ())
         attempt_ids = {e.channel: e.attempt_id for e in events if e.channel and e.attempt_id}
         attempts = [
@@ -261,6 +274,7 @@ class _State:
                 and (tuple(old["channel_order"]) if old["channel_order"] else None)
                 == info["channel_order"]
                 and old["registered"] == info["registered"]
+                and old["account"] == info["account"]
             )
         )
         change = None
@@ -287,6 +301,7 @@ class _State:
             poll=polled and old is None,
             existed=old is not None,
             version=old["version"] if old else 0,
+            account=info["account"],
         )
         return row, change
 
@@ -348,6 +363,7 @@ def _payload(
         "recipient": info["recipient"],
         "reference": info["reference"],
         "group": info["group_key"],
+        "account": info["account"],
         "event": None
         if event is None
         else {

@@ -300,7 +300,10 @@ def _fitting(rows: list[_Row], budget: int) -> list[_Row]:
 
 def _decode(record: asyncpg.Record) -> _Row:
     entry = Entry(
-        record["replays"] or record["receipt_id"], record["source"], record["received_at"]
+        record["replays"] or record["receipt_id"],
+        record["source"],
+        record["received_at"],
+        record["account"],
     )
     position = (record["xid"], record["id"])
     if record["updates"] is None:

@@ -32,6 +32,7 @@ class JournalRow(NamedTuple):
     updates: bytes | None  # None: the projector parses the body
     update_count: int
     replays: uuid.UUID | None
+    account: str | None
 
     @classmethod
     def of(cls, receipt: Receipt, updates: bytes | None, count: int) -> "JournalRow":
@@ -46,6 +47,7 @@ class JournalRow(NamedTuple):
             updates,
             count,
             receipt.replays,
+            _text(receipt.account),
         )
 
 
@@ -72,9 +74,9 @@ async def append(conn: Conn, rows: Sequence[JournalRow]) -> tuple[int, int]:
         """
         with added as (
             insert into journal (receipt_id, provider, source, content_type, body, problem,
-                                 updates, update_count, replays)
+                                 updates, update_count, replays, account)
             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[],
-                                 $6::text[], $7::bytea[], $8::int[], $9::uuid[])
+                                 $6::text[], $7::bytea[], $8::int[], $9::uuid[], $10::text[])
             returning id
         )
         select pg_current_xact_id()::text::bigint as xid, max(id) as last from added
@@ -88,6 +90,7 @@ async def append(conn: Conn, rows: Sequence[JournalRow]) -> tuple[int, int]:
         [r.updates for r in rows],
         [r.update_count for r in rows],
         [r.replays for r in rows],
+        [r.account for r in rows],
     )
     assert found is not None
     return found["xid"], found["last"]
@@ -151,7 +154,7 @@ async def progress(conn: Conn) -> Progress:
 
 _JOURNAL_COLUMNS = """
     j.xid::text::bigint as xid, j.id, j.receipt_id, j.provider, j.source, j.received_at,
-    j.updates, j.replays, j.update_count, j.content_type,
+    j.updates, j.replays, j.update_count, j.content_type, j.account,
     -- The body only where the projector is to parse it.
     case when j.updates is null then j.body end as body
 """
@@ -312,7 +315,7 @@ async def read_messages(conn: Conn, keys: Sequence[tuple[str, str]]) -> list[asy
     return await conn.fetch(
         """
         select m.provider, m.key, m.version, m.status, m.status_at, m.channel, m.attempts, m.seq,
-               m.channel_order, m.recipient, m.reference, m.group_key,
+               m.channel_order, m.recipient, m.reference, m.group_key, m.account,
                m.registered_at is not null as registered,
                e.id as event_id, e.dedup_key, e.status as event_status, e.occurred_at,
                e.channel as event_channel, e.attempt_id, e.provider_status, e.provider_code,
@@ -356,6 +359,7 @@ class MessageRow(NamedTuple):
     poll: bool  # schedule a first poll (a new message of a polled provider)
     existed: bool
     version: int  # the version it was read at
+    account: str | None  # the provider account its first report came by (0011)
 
 
 class EventRow(NamedTuple):
@@ -456,7 +460,12 @@ async def write_batch(
                 registered_at = coalesce(m.registered_at, case when u.registered then now() end),
                 status = u.status, status_at = u.status_at, channel = u.channel,
                 attempts = u.attempts::jsonb, seq = u.seq, updated_at = now(),
-                version = m.version + 1
+                version = m.version + 1,
+                -- A final message is not polled again (messages_final_not_scheduled).
+                next_poll_at = case when u.status in ('delivered', 'read', 'failed', 'expired',
+                                                      'rejected', 'cancelled')
+                                    then null else m.next_poll_at end,
+                account = coalesce(m.account, u.account)
             from u
             where u.existed and m.provider = u.provider and m.key = u.key
               and m.version = u.version
@@ -465,11 +474,15 @@ async def write_batch(
             -- New messages: inserted only if nobody else has meanwhile (never overwritten).
             insert into messages (provider, key, recipient, group_key, reference,
                                   channel_order, registered_at, status, status_at, channel,
-                                  attempts, seq, next_poll_at)
+                                  attempts, seq, next_poll_at, account)
             select u.provider, u.key, u.recipient, u.group_key, u.reference, u.channel_order,
                    case when u.registered then now() end,
                    u.status, u.status_at, u.channel, u.attempts::jsonb, u.seq,
-                   case when u.poll then now() + make_interval(secs => $6) end
+                   -- Only an unfinished message of a polled account is scheduled.
+                   case when u.poll and u.status not in ('delivered', 'read', 'failed',
+                                                         'expired', 'rejected', 'cancelled')
+                        then now() + make_interval(secs => $6) end,
+                   u.account
             from u
             where not u.existed
             on conflict (provider, key) do nothing

@@ -31,6 +31,9 @@ class Registration:
     request: Any | None
     reference: str | None
     received_at: datetime
+    # The channel the client sent it on, when the provider's reports will not say (Infobip's
+    # WhatsApp and Viber APIs): the message's channel until a report names one.
+    channel: str | None = None
 
 
 # verify(settings, headers, raw body) -> Verification

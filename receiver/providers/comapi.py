@@ -52,6 +52,8 @@ STATUSES: dict[str, Status] = {
 }
 # Webhook event names that carry a status. Other message.* events (sentRequest, clicks, …) are
 # kept on the timeline as `unknown`, which never moves a status.
+# Documented events under message.* that are not about a message we sent.
+NOT_REPORTS = frozenset({"message.inbound"})
 EVENTS: dict[str, Status] = {
     "message.sent": Status.SENT,
     "message.delivered": Status.DELIVERED,
@@ -137,6 +139,10 @@ def parse_webhook(body: bytes, content_type: str | None, received_at: datetime) 
             envelope = _Envelope.model_validate(item)
             # Other families (profile.*, chat.*) carry no message status: the receipt keeps them.
             if not (envelope.name.startswith("message.") or "id" in envelope.payload):
+                continue
+            # An incoming message (a reply) is not a report about one we sent: its payload id
+            # is the inbound message's, and reading it would create a message never sent.
+            if envelope.name in NOT_REPORTS:
                 continue
             found = envelope_updates(envelope)
         except ValidationError as exc:

@@ -4,10 +4,10 @@ verification, send-response registration, and its status groups."""
 import base64
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from receiver.jsonio import loads, model_jsonb_text
 from receiver.providers import xmlbody
@@ -72,6 +72,17 @@ class _Error(BaseModel):
     permanent: bool | None = None
 
 
+def _as_text(value: object) -> object:
+    # A number where text was documented is still the same fact; anything else is left to
+    # fail validation (an object where an id should be is not a report we can trust).
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+_Text = Annotated[str | None, BeforeValidator(_as_text)]
+
+
 class _Report(BaseModel):
     """The union of the SMS v1/v2, SMS v3, OMNI, Messages API and seen report shapes."""
 
@@ -79,22 +90,25 @@ class _Report(BaseModel):
 
     messageId: str = Field(min_length=1, max_length=200)  # noqa: N815
     bulkId: str | None = Field(default=None, max_length=200)  # noqa: N815
-    to: str | dict[str, Any] | None = None
-    destination: str | None = None  # Messages API
-    sender: str | None = None
+    # Fields that do not decide the status are read leniently: a type Infobip changes (the
+    # Messages API's mccMnc is an integer, SMS's a string) must never cost a report. They
+    # are kept as sent, in the event's details.
+    to: Any = None
+    destination: _Text = None  # Messages API
+    sender: _Text = None
     sentAt: Timestamp | None = None  # noqa: N815
     doneAt: Timestamp | None = None  # noqa: N815
     seenAt: Timestamp | None = None  # noqa: N815 - seen reports
-    smsCount: int | None = None  # noqa: N815 - SMS v1/v2
-    messageCount: int | None = None  # noqa: N815 - SMS v3, OMNI, Messages API
-    mccMnc: str | None = None  # noqa: N815
-    callbackData: str | None = None  # noqa: N815
-    price: dict[str, Any] | None = None
+    smsCount: Any = None  # noqa: N815 - SMS v1/v2
+    messageCount: Any = None  # noqa: N815 - SMS v3, OMNI, Messages API
+    mccMnc: Any = None  # noqa: N815
+    callbackData: _Text = None  # noqa: N815
+    price: Any = None
     status: _Status | None = None
     error: _Error | None = None
-    channel: str | None = None  # OMNI and Messages API
-    event: str | None = None  # Messages API: "DELIVERY"
-    platform: dict[str, Any] | None = None
+    channel: _Text = None  # OMNI and Messages API
+    event: _Text = None  # Messages API: "DELIVERY"
+    platform: Any = None
 
 
 def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verification:
@@ -193,20 +207,39 @@ def map_status(status: _Status) -> tuple[Status, bool]:
 
 def report_to_update(report: _Report) -> StatusUpdate:
     """One report, pushed or polled, as an update; both give the same dedup key."""
-    channel = report.channel.strip().lower() if report.channel else None
+    channel = _channel(report)
     if report.status is None:
         if report.seenAt is None:
             raise _missing("status")
         # OMNI / Messages API seen report: no status object, just when it was seen.
         return _update(
-            report, Status.READ, report.seenAt, f"seen|{report.seenAt.isoformat()}", None, "SEEN"
+            report,
+            Status.READ,
+            report.seenAt,
+            f"seen|{report.seenAt.isoformat()}",
+            channel,
+            "SEEN",
         )
     status, unmapped = map_status(report.status)
     raw_status = report.status.name or f"group {report.status.groupId}"
     occurred = report.doneAt or report.sentAt
     stamp = occurred.isoformat() if occurred else "-"
+    # The dedup key keeps "sms" for a report that names no channel: stored keys must stay
+    # what they were, or a report read again (reprocess) would be a second event.
     dedup = f"{channel or 'sms'}|{report.status.groupId}.{report.status.id}|{stamp}"
-    return _update(report, status, occurred, dedup, channel or "sms", raw_status, unmapped)
+    return _update(report, status, occurred, dedup, channel, raw_status, unmapped)
+
+
+def _channel(report: _Report) -> str | None:
+    """The channel a report names (OMNI, Messages API), else the one its kind shows: SMS
+    v1/v2 reports carry `smsCount` and SMS v3 reports `sender`. WhatsApp and Viber channel
+    reports carry neither and no `channel`: None, and the projector takes the channel the
+    message was registered with (or saw before)."""
+    if report.channel and report.channel.strip():
+        return report.channel.strip().lower()
+    if report.smsCount is not None or (report.sender is not None and report.event is None):
+        return "sms"
+    return None
 
 
 def _update(
@@ -237,16 +270,19 @@ def _update(
         unmapped=unmapped,
         details_json=model_jsonb_text(report),
         recipient=clean(_recipient(report.to) or report.destination, 200),
-        group_key=report.bulkId,
+        # WhatsApp reports carry `"bulkId": ""` for a message sent alone: no group.
+        group_key=report.bulkId or None,
         reference=clean(report.callbackData, 4000),
     )
 
 
-def _recipient(to: str | dict[str, Any] | None) -> str | None:
+def _recipient(to: Any) -> str | None:
     if isinstance(to, dict):
         value = to.get("phoneNumber") or to.get("emailAddress")
         return str(value) if value else None
-    return to
+    if isinstance(to, str | int) and not isinstance(to, bool):
+        return str(to)
+    return None
 
 
 def _missing(field: str) -> ValidationError:
@@ -259,7 +295,8 @@ class _SentMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     messageId: str = Field(min_length=1, max_length=200)  # noqa: N815
-    to: str | dict[str, Any] | None = None
+    to: Any = None
+    destination: _Text = None  # SMS v3 send responses name the recipient so
     status: _Status | None = None
 
 
@@ -289,8 +326,9 @@ def parse_registration(registration: Registration) -> list[StatusUpdate]:
                 occurred_at=registration.received_at,
                 unmapped=unmapped,
                 details_json=model_jsonb_text(sent),
-                recipient=clean(_recipient(sent.to), 200),
-                group_key=response.bulkId,
+                recipient=clean(_recipient(sent.to) or sent.destination, 200),
+                channel=registration.channel,
+                group_key=response.bulkId or None,
                 reference=clean(registration.reference, 500),
                 registered=True,
             )

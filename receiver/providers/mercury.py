@@ -1,7 +1,9 @@
 """Mercury Web API: SendMessages registration. Mercury has no push; its dispatches are polled."""
 
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -12,7 +14,6 @@ from receiver.providers.base import (
     PollTarget,
     Provider,
     Registration,
-    Timestamp,
     basic_auth,
     clean,
     describe,
@@ -145,10 +146,12 @@ class _Dispatch(BaseModel):
     hasStartedQueuing: bool | None = None  # noqa: N815
     hasFinishedQueuing: bool | None = None  # noqa: N815
     errorMessage: str | None = None  # noqa: N815
-    createdAt: Timestamp | None = None  # noqa: N815
-    startedQueuingAt: Timestamp | None = None  # noqa: N815
-    finishedQueuingAt: Timestamp | None = None  # noqa: N815
-    lastUpdate: Timestamp | None = None  # noqa: N815
+    # Zone-less, in the account's local time (see local_to_utc); an offset, if one ever
+    # comes, is honoured.
+    createdAt: datetime | None = None  # noqa: N815
+    startedQueuingAt: datetime | None = None  # noqa: N815
+    finishedQueuingAt: datetime | None = None  # noqa: N815
+    lastUpdate: datetime | None = None  # noqa: N815
 
 
 # sendStatusId: 1 Draft, 2 Pending, 3 Queued, 7 Error. 4-6 are undocumented.
@@ -161,6 +164,20 @@ SEND_STATUSES: dict[int, Status] = {
 CHANNELS = {1: "sms", 2: "email"}  # messageTypeId
 
 
+def local_to_utc(moment: datetime | None, zone: ZoneInfo) -> datetime | None:
+    """Mercury writes times without a zone, in the account's local time: the seed's own
+    SendMessages sample sends at `2016-05-12T10:00:00+03:00` and its dispatch shows `sendAt
+    2016-05-12T10:00:00`. So the zone is the account's (RECEIVER_MERCURY_TIME_ZONE)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp out of range") from None
+
+
 def poll_configured(settings: Settings) -> bool:
     return bool(
         settings.mercury_base_url and settings.mercury_username and settings.mercury_password
@@ -171,6 +188,7 @@ async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollT
     assert settings.mercury_base_url
     assert settings.mercury_username
     assert settings.mercury_password
+    zone = settings.mercury_time_zone
     dispatch = target.group or target.key.split(":", 1)[0]
     url = f"{settings.mercury_base_url.rstrip('/')}/api/Dispatches/{quote(dispatch, safe='')}"
     headers = basic_auth(settings.mercury_username, settings.mercury_password.get_secret_value())
@@ -185,9 +203,11 @@ async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollT
     status = SEND_STATUSES.get(found.sendStatusId, Status.UNKNOWN)
     if status is Status.SENT and not finished:
         status = Status.ACCEPTED  # queued, but not all of it handed over yet
-    at = found.finishedQueuingAt or found.lastUpdate or found.startedQueuingAt or found.createdAt
-    # Mercury writes local times without a zone (the docs' examples are +03:00, Athens).
-    # UNCONFIRMED; read as UTC, and the raw value stays in details.
+    local = found.finishedQueuingAt or found.lastUpdate or found.startedQueuingAt or found.createdAt
+    try:
+        at = local_to_utc(local, ZoneInfo(zone))
+    except ValueError as exc:  # 0001-01-01 east of Greenwich: no such instant in UTC
+        return Fetched(body, [], [f"dispatch time: {exc}"])
     updates = [
         StatusUpdate(
             provider=NAME,

@@ -183,7 +183,9 @@ async def test_infobip_reports_are_fetched_once_and_every_one_stored(
     assert await db.fetchval("select count(*) from messages where status = 'failed'") == 300
     whatsapp = await db.fetch("select recipient, status from messages where channel = 'whatsapp'")
     assert len(whatsapp) == 20
-    assert {(r["recipient"], r["status"]) for r in whatsapp} == {("385981178000", "delivered")}
+    assert {(r["recipient"], r["status"]) for r in whatsapp} == {
+        ("+385981178000", "delivered")
+    }  # E.164
     # Each call's batch is kept raw: at most 1000 reports a call.
     sizes = await db.fetch(
         "select jsonb_array_length((convert_from(body, 'utf8')::jsonb)->'results') as n "

@@ -243,7 +243,7 @@ async def test_comapi_batch_registration_then_failover_reports(client: Client) -
     message = await get_json(client, f"/v1/messages/comapi/{key}")
     # sms comes next in the registered rules: not failed yet.
     assert message["status"] == "sent"
-    assert message["recipient"] == "447123123123"
+    assert message["recipient"] == "+447123123123"  # stored as E.164
     assert message["channel_order"] == ["whatsApp", "sms"]
 
 

@@ -1,0 +1,47 @@
+"""Phone numbers as E.164 (`+3725555555`), whatever spelling a provider or a user writes."""
+
+import re
+
+import phonenumbers
+
+# What people and providers put between digits: spaces, dashes, dots, brackets, slashes.
+_SEPARATORS = re.compile(r"[\s\-./()]+")
+_DIGITS = re.compile(r"\+?[0-9]{6,17}")
+
+
+def e164(text: str | None) -> str | None:
+    """The E.164 form of an international number: `+372 5555 555`, `3725555555` (Infobip
+    writes no `+`), `003725555555` and ` 3725555555` (a `+` in a query string arrives as a
+    space) are all `+3725555555`. None for anything else (an email, a national number with
+    no country code, a number no country has): that is kept as written."""
+    if not text or len(text) > 40:
+        return None
+    compact = _SEPARATORS.sub("", text)
+    if compact.startswith("00"):
+        compact = "+" + compact[2:]
+    if not _DIGITS.fullmatch(compact):
+        return None
+    if not compact.startswith("+"):
+        compact = "+" + compact
+    try:
+        number = phonenumbers.parse(compact, None)
+    except phonenumbers.NumberParseException:
+        return None
+    # Possible rather than valid: operators open new ranges before the library knows them.
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def stored(text: str | None) -> str | None:
+    """A recipient as it is stored: E.164 when it is an international number, else as is."""
+    return e164(text) or text
+
+
+def spellings(text: str) -> list[str]:
+    """What a search for `text` matches: its E.164 form, and as written (the spellings
+    stored before numbers were normalised: `+3725555555` and Infobip's `3725555555`)."""
+    found = e164(text)
+    if found is None:
+        return [text]
+    return sorted({text, text.strip(), found, found[1:]})

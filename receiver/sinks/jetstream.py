@@ -5,9 +5,10 @@ within the window), so a reader sees each status change once. A subject no strea
 no responder: a failed delivery, retried and then dead-lettered, never a silent drop.
 """
 
+import asyncio
+from contextlib import suppress
 from urllib.parse import quote
 
-import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
@@ -28,7 +29,8 @@ class JetStreamSink(Link[tuple[NatsClient, JetStreamContext]]):
         host = f"[{address}]" if ":" in address else address
         target = self.target
         token = target.username if target.password is None else None
-        nc = await nats.connect(
+        nc = NatsClient()
+        connecting = nc.connect(
             servers=[f"nats://{host}:{target.port}"],
             user=None if token else target.username,
             password=target.password,
@@ -41,6 +43,13 @@ class JetStreamSink(Link[tuple[NatsClient, JetStreamContext]]):
             max_outstanding_pings=2,
             error_cb=self._error,
         )
+        try:
+            await asyncio.wait_for(connecting, self.timeout)
+        except BaseException:
+            # A connect cut short (timeout, cancellation) leaves its socket open otherwise.
+            with suppress(Exception):
+                await nc.close()
+            raise
         return nc, nc.jetstream(timeout=self.timeout)
 
     async def _error(self, exc: Exception) -> None:

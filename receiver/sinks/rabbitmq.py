@@ -7,6 +7,7 @@ that does not exist closes the channel, and must not take other exchanges' messa
 """
 
 import asyncio
+from contextlib import suppress
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -46,7 +47,10 @@ class RabbitSink(Link[aio_pika.abc.AbstractConnection]):
         )
 
     def _alive(self, conn: aio_pika.abc.AbstractConnection) -> bool:
-        return not conn.is_closed
+        # aio-pika's own flag lags the wire: after a connection is cut, aiormq's connection
+        # underneath is closed (and every publish says so) before aio-pika's is.
+        transport = conn.transport
+        return not conn.is_closed and transport is not None and not transport.connection.is_closed
 
     async def _disconnect(self, conn: aio_pika.abc.AbstractConnection) -> None:
         await conn.close()
@@ -60,9 +64,16 @@ class RabbitSink(Link[aio_pika.abc.AbstractConnection]):
             if found is not None and not found[0].is_closed:
                 return found
             channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-            # Not declared (ensure=False): the exchange is the user's; a missing one shows as
-            # a failed publish, and we never create one in its place.
-            exchange = await channel.get_exchange(name, ensure=False)
+            # A passive declare: it never creates the exchange (it is the user's), and a
+            # missing one closes this fresh channel alone. Publishing to a missing exchange
+            # instead would close the channel under the publishes still in flight on it,
+            # and frames on a closed channel make the broker close the whole connection.
+            try:
+                exchange = await channel.get_exchange(name, ensure=True)
+            except BaseException:
+                with suppress(Exception):
+                    await channel.close()
+                raise
             self._channels[name] = (channel, exchange)
             return channel, exchange
 
@@ -95,7 +106,7 @@ class RabbitSink(Link[aio_pika.abc.AbstractConnection]):
                 f"routing key {routing_key} ({reason})",
             )
         except (aio_pika.exceptions.AMQPError, TimeoutError, OSError, RuntimeError) as exc:
-            if conn.is_closed:
+            if not self._alive(conn):
                 await self.lost(conn)
             return Outcome(ok=False, error=self.scrub(describe_error(exc)))
         return Outcome(ok=True)

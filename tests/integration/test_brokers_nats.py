@@ -253,3 +253,56 @@ async def test_a_broker_that_is_down_or_silent_delays_only_its_own_deliveries(
         done.set()
         hung.close()
         await hung.wait_closed()
+
+
+async def test_a_broker_password_is_never_shown_by_the_api(
+    fclient: Client, db: asyncpg.Connection
+) -> None:
+    url = "amqp://dlr:Top-Secret-9@broker.example.com/prod?exchange=dlr"
+    sub = await subscribe(fclient, url)
+    shown = "amqp://dlr:***@broker.example.com/prod?exchange=dlr"
+    assert sub["url"] == shown
+    path = f"/v1/subscriptions/{sub['id']}"
+    for resp in (
+        await fclient.get(path, headers=AUTH),
+        await fclient.get("/v1/subscriptions", headers=AUTH),
+        await fclient.patch(path, json={"description": "orders"}, headers=AUTH),
+        # The URL as the API shows it, sent back: no change, not a password of three stars.
+        await fclient.patch(path, json={"url": shown}, headers=AUTH),
+    ):
+        assert resp.status == 200
+        text = await resp.text()
+        assert "Top-Secret-9" not in text
+        assert shown in text
+    assert await db.fetchval("select url from subscriptions") == url
+    # A new password replaces the old one.
+    new = "amqp://dlr:Other-Secret@broker.example.com/prod?exchange=dlr"
+    resp = await fclient.patch(path, json={"url": new}, headers=AUTH)
+    assert "Other-Secret" not in await resp.text()
+    assert await db.fetchval("select url from subscriptions") == new
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://127.0.0.1:4222?subject=a.*",  # a wildcard cannot be published to
+        "nats://127.0.0.1:4222?subject=a\x00b",  # NUL
+        "nats://127.0.0.1:4222?subject=" + "a" * 1990,  # huge
+        "amqp://u:p@127.0.0.1/?routing_key=x",  # no exchange
+    ],
+)
+async def test_a_bad_broker_url_is_a_clear_400(fclient: Client, url: str) -> None:
+    resp = await fclient.post("/v1/subscriptions", json={"url": url}, headers=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "invalid_body"
+
+
+async def test_a_broker_at_an_internal_address_is_refused(
+    database_url: str, aiohttp_client: AiohttpClient
+) -> None:
+    client: Client = await make_client(aiohttp_client, forwarding_settings(database_url,
+        forward_allow_networks=()))  # fmt: skip
+    for url in ("nats://127.0.0.1:4222?subject=a", "amqp://u:p@169.254.169.254/?exchange=x"):
+        resp = await client.post("/v1/subscriptions", json={"url": url}, headers=AUTH)
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "url_not_allowed"

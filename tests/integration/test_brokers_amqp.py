@@ -185,8 +185,13 @@ async def test_connections_cut_mid_load_lose_nothing(
         sub = await subscribe(fclient, target(name, base=via))
         running = asyncio.create_task(load(fclient, 120))
         cuts = 0
-        for _ in range(3):  # three times while the load runs
-            await asyncio.sleep(0.3)
+        for at_least in (10, 40, 80):  # cut three times while the load runs
+
+            async def published(at_least: int = at_least) -> bool:
+                declared = await queue.channel.declare_queue(queue.name, passive=True)
+                return (declared.declaration_result.message_count or 0) >= at_least
+
+            await eventually(published, 20)
             cuts += proxy.cut()
         await running
         await settled(fclient, db)

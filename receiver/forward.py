@@ -1,8 +1,10 @@
-"""The forwarder: claims due deliveries from the outbox and POSTs them to subscribers, signed
-per the Standard Webhooks spec, with retries, dead-lettering and circuit breaking by 410."""
+"""The forwarder: claims due deliveries from the outbox and sends them to subscribers (a signed
+POST per the Standard Webhooks spec, or a publish to a broker: receiver.sinks), with retries,
+dead-lettering and circuit breaking by 410."""
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -19,18 +21,17 @@ from typing import Any
 import aiohttp
 import asyncpg
 import structlog
-import yarl
 
 from receiver import forward_queries
+from receiver.broker_url import scrub
 from receiver.db import connection, is_transient, log_loop_failure
 from receiver.metrics import Metrics
-from receiver.netguard import BlockedAddress, GuardedResolver, check_literal, parse_networks
+from receiver.netguard import GuardedResolver, parse_networks
 from receiver.retry_after import parse_retry_after
 from receiver.settings import Settings
+from receiver.sinks import Outcome, Outgoing, Sinks
 
 log = structlog.get_logger()
-
-_RESPONSE_PEEK = 4096  # bytes of a subscriber's answer worth keeping in the error text
 
 
 def new_secret() -> str:
@@ -87,11 +88,17 @@ class _Window:
     def room(self, ceiling: int) -> int:
         return max(0, min(self.size, ceiling) - self.inflight)
 
-    def answered(self, status: int | None, slow: bool, sent_with: int, ceiling: int) -> None:
-        if slow or status is None or status == 429 or status >= 500:
+    def answered(self, outcome: Outcome, slow: bool, sent_with: int, ceiling: int) -> None:
+        status = outcome.status
+        if outcome.ok:
+            if slow:
+                self.size = max(1, self.size // 2)
+            elif sent_with * 2 >= self.size:
+                self.size = min(ceiling, self.size + 1)
+        elif slow or status is None or status == 429 or status >= 500:
+            # No answer (a webhook's timeout or failed connection, a broker's refusal or
+            # outage) is taken as load, as a 5xx is.
             self.size = max(1, self.size // 2)
-        elif 200 <= status < 300 and sent_with * 2 >= self.size:
-            self.size = min(ceiling, self.size + 1)
 
 
 class Forwarder:
@@ -104,9 +111,9 @@ class Forwarder:
     ) -> None:
         self._pool = pool
         self._metrics = metrics or Metrics()
-        self._session = session
         self._settings = settings
-        self._allow = parse_networks(settings.forward_allow_networks)
+        allow = parse_networks(settings.forward_allow_networks)
+        self._sinks = Sinks(session, allow, settings.forward_timeout)
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._windows: dict[uuid.UUID, _Window] = {}
@@ -153,6 +160,7 @@ class Forwarder:
             await asyncio.gather(*self._inflight, return_exceptions=True)
             self.delivered.close()
             await settler
+            await self._sinks.close()
 
     async def _listen(self) -> None:
         # A connection of its own, held for LISTEN; polling covers the gaps when it is down.
@@ -223,59 +231,36 @@ class Forwarder:
     async def _deliver(self, row: asyncpg.Record, window: _Window, sent_with: int) -> None:
         started = time.monotonic()
         try:
-            status, retry_after, error = await self._post(row)
+            out = _outgoing(row)
+            try:
+                sink = self._sinks.for_url(out.url)
+                outcome = await sink.send(out)
+            except Exception as exc:
+                # A sink answers every failure it knows; anything else is a bug, logged, and
+                # the delivery is retried as a failure rather than left to its lease.
+                log.exception("forward.sink_crashed", event_id=row["event_id"])
+                outcome = Outcome(ok=False, error=f"internal error: {type(exc).__name__}")
+            if outcome.error is not None:
+                # A broker's error may quote its URL: its credentials never reach a log line.
+                outcome = dataclasses.replace(outcome, error=scrub(outcome.error, out.url))
             seconds = time.monotonic() - started
             window.answered(
-                status, seconds >= self._slow, sent_with, self._settings.forward_per_subscription
+                outcome, seconds >= self._slow, sent_with, self._settings.forward_per_subscription
             )
         finally:
             window.inflight -= 1
             self._wake.set()  # the subscription has room again
-        ok = status is not None and 200 <= status < 300
-        self._metrics.inc("dlr_forward_attempts_total", result="delivered" if ok else "failed")
-        await self._settle(row, status, retry_after, error, int(seconds * 1000))
+        result = "delivered" if outcome.ok else "failed"
+        self._metrics.inc("dlr_forward_attempts_total", result=result)
+        await self._settle(row, outcome, int(seconds * 1000))
 
-    async def _post(self, row: asyncpg.Record) -> tuple[int | None, str | None, str | None]:
-        envelope = dict(row["payload"])
-        envelope["timestamp"] = datetime.now(UTC).isoformat()
-        body = json.dumps(envelope).encode()
-        timestamp = int(time.time())
-        signatures = [
-            sign(secret, row["event_id"], timestamp, body)
-            for secret in (row["secret"], *row["previous_secrets"])
-        ]
-        headers = {
-            "Content-Type": "application/json",
-            "webhook-id": row["event_id"],
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": " ".join(signatures),
-        }
-        try:
-            check_literal(yarl.URL(row["url"]).host or "", self._allow)
-            async with self._session.post(
-                row["url"], data=body, headers=headers, allow_redirects=False
-            ) as resp:
-                peek = await resp.content.read(_RESPONSE_PEEK)
-                error = None if 200 <= resp.status < 300 else _describe(resp.status, peek)
-                return resp.status, resp.headers.get("Retry-After"), error
-        except BlockedAddress as exc:
-            return None, None, f"refused: {exc}"
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            return None, None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-    async def _settle(
-        self,
-        row: asyncpg.Record,
-        status: int | None,
-        retry_after: str | None,
-        error: str | None,
-        duration_ms: int,
-    ) -> None:
+    async def _settle(self, row: asyncpg.Record, outcome: Outcome, duration_ms: int) -> None:
+        status, retry_after, error = outcome.status, outcome.retry_after, outcome.error
         delivery, subscription = row["id"], row["subscription_id"]
         fields: dict[str, Any] = {"delivery": str(delivery), "event_id": row["event_id"]}
         for attempt in range(3):
             try:
-                if status is not None and 200 <= status < 300:
+                if outcome.ok:
                     await self.delivered.settle(
                         forward_queries.Delivered(delivery, subscription, status, duration_ms)
                     )
@@ -392,6 +377,28 @@ class _SettleTogether:
                     done.set_result(None)
 
 
-def _describe(status: int, peek: bytes) -> str:
-    text = peek.decode("utf-8", errors="replace").strip().replace("\x00", "")
-    return f"HTTP {status}" + (f": {text[:500]}" if text else "")
+def _outgoing(row: asyncpg.Record) -> Outgoing:
+    """The delivery as every sink sends it: the Standard Webhooks envelope, stamped now, and
+    its headers, signed with the subscription's secrets (a broker's reader may verify too)."""
+    envelope = dict(row["payload"])
+    envelope["timestamp"] = datetime.now(UTC).isoformat()
+    body = json.dumps(envelope).encode()
+    timestamp = int(time.time())
+    signatures = [
+        sign(secret, row["event_id"], timestamp, body)
+        for secret in (row["secret"], *row["previous_secrets"])
+    ]
+    headers = {
+        "webhook-id": row["event_id"],
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(signatures),
+    }
+    return Outgoing(
+        url=row["url"],
+        event_id=row["event_id"],
+        body=body,
+        headers=headers,
+        provider=row["provider"],
+        status=row["status"],
+        message_key=row["message_key"],
+    )

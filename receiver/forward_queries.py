@@ -165,7 +165,8 @@ async def claim(
         set attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $5)
         from chosen, subscriptions s
         where d.id = chosen.id and s.id = d.subscription_id
-        returning d.id, d.subscription_id, d.event_id, d.payload, d.attempts, s.url, s.secret,
+        returning d.id, d.subscription_id, d.event_id, d.payload, d.attempts, d.provider,
+                  d.status, d.message_key, s.url, s.secret,
                   array(select p.secret from unnest(s.previous_secrets) p
                         where p.expires_at > now()) as previous_secrets
         """,
@@ -218,11 +219,12 @@ async def record_attempt(
 
 @dataclass(frozen=True)
 class Delivered:
-    """A delivery its subscriber accepted, waiting to be recorded."""
+    """A delivery its subscriber accepted, waiting to be recorded (no status code: a broker
+    confirmed it)."""
 
     delivery_id: uuid.UUID
     subscription_id: uuid.UUID
-    status_code: int
+    status_code: int | None
     duration_ms: int
 
 

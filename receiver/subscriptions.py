@@ -10,7 +10,7 @@ import yarl
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from receiver import forward_queries, instants
+from receiver import broker_url, forward_queries, instants
 from receiver.db import connection
 from receiver.errors import ApiError, read_body
 from receiver.forward import new_secret
@@ -120,7 +120,8 @@ def _view(row: asyncpg.Record, secret: str | None = None) -> dict[str, Any]:
     expiries = sorted(p["expires_at"] for p in row["previous_secrets"] if p["expires_at"] > now)
     view = {
         "id": str(row["id"]),
-        "url": row["url"],
+        # A broker URL's password is a secret: the API never shows it back.
+        "url": broker_url.redact(row["url"]),
         "description": row["description"],
         "statuses": row["statuses"],
         "providers": row["providers"],
@@ -180,7 +181,14 @@ async def update(request: web.Request) -> web.Response:
             value = [s.value for s in value]
         changes[name] = value
     if "url" in changes:
-        await _check_target(request, changes["url"])
+        async with connection(request.app[POOL]) as conn:
+            current = await forward_queries.get_subscription(conn, subscription_id)
+        if current is not None and changes["url"] == broker_url.redact(current["url"]):
+            # The URL as the API showed it (password as ***) means "unchanged", not a new
+            # password of three stars.
+            del changes["url"]
+        else:
+            await _check_target(request, changes["url"])
     async with connection(request.app[POOL]) as conn, conn.transaction():
         row = await forward_queries.update_subscription(conn, subscription_id, changes)
     if row is None:

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 import yarl
 
+from receiver import broker_url
+
 # A hostname label once IDNA-encoded: letters, digits, hyphens (RFC 1123), and underscores,
 # which DNS allows and some real hosts have; no hyphen at either end.
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?")
@@ -22,16 +24,19 @@ _NUMERIC = re.compile(r"[0-9]+|0x[0-9a-f]*")
 
 def check_target_url(value: str) -> str:
     """The URL unchanged if it is an absolute http(s) URL with a valid host and port and no
-    user info; otherwise ValueError saying what is wrong."""
+    user info, or a broker URL (broker_url) with a valid host; otherwise ValueError saying
+    what is wrong."""
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise ValueError("may not contain spaces or control characters")
+    if broker_url.is_broker_url(value):
+        return _check_broker(value)
     try:
         parts = urlsplit(value)
         port = parts.port  # reads the port: ValueError if not a number in 0-65535
     except ValueError as exc:
         raise ValueError(f"not a URL ({exc})") from exc
     if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError("must be an http:// or https:// URL")
+        raise ValueError("must be an http://, https://, nats:// or amqp:// URL")
     if not parts.netloc:
         raise ValueError("must be an absolute URL with a host")
     if "@" in parts.netloc:
@@ -42,6 +47,21 @@ def check_target_url(value: str) -> str:
         _check_ipv6(parts.hostname or "")
     else:
         _check_hostname(value)
+    return value
+
+
+def _check_broker(value: str) -> str:
+    # Brokers take credentials in the URL (their clients' convention); the host is held to
+    # the same rules as a webhook's, checked on the URL without them.
+    target = broker_url.parse(value)
+    parts = urlsplit(value)
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    if bare.netloc.startswith("["):
+        _check_ipv6(target.host)
+    else:
+        _check_hostname(bare.geturl())
+    if target.port == 0:
+        raise ValueError("port must be 1-65535")
     return value
 
 

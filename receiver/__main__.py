@@ -6,9 +6,11 @@ import asyncio
 import ctypes
 import gc
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -24,6 +26,7 @@ from receiver.app import background_running, create_app, journal_running, projec
 from receiver.db import open_pool
 from receiver.embedded import embedded_postgres
 from receiver.forward import Forwarder, http_client
+from receiver.metrics import MULTIPROC_ENV
 from receiver.poll import Poller
 from receiver.poll import http_client as poll_client
 from receiver.providers import PROVIDERS
@@ -174,8 +177,45 @@ def _serve(settings: Settings) -> None:
         or settings.retention_days is not None
     )
     if settings.workers > 1 or (background and settings.background_process):
-        _supervise(settings, background and settings.background_process)
+        with _metrics_dir(make=True):
+            _supervise(settings, background and settings.background_process)
         return
+    if settings.reuse_port:
+        # A worker of serve (or one of several run on one port): the folder is shared with
+        # the others, and whoever started them emptied it.
+        _serve_one(settings)
+        return
+    with _metrics_dir(make=False):
+        _serve_one(settings)
+
+
+@contextmanager
+def _metrics_dir(*, make: bool) -> Iterator[None]:
+    """Where every process of this run writes its metrics (prometheus-client's multiprocess
+    mode), so a scrape of any worker covers all. A configured PROMETHEUS_MULTIPROC_DIR is
+    emptied first: the files of an earlier run would be added to this one's. Otherwise, when
+    several processes run, a folder of this run's own, removed at exit."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.remove(os.path.join(given, name))
+        yield
+        return
+    if not make:
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="dlr-metrics-")
+    os.environ[MULTIPROC_ENV] = path  # inherited by every process _supervise starts
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROC_ENV]
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _serve_one(settings: Settings) -> None:
     app = create_app(settings)
     app.on_startup.append(_freeze_the_heap)  # runs after the pool, journal and loops are up
     web.run_app(

@@ -34,6 +34,12 @@ def accounts(settings: Settings, provider: str) -> dict[str, Account]:
     return found
 
 
+def names(settings: Settings) -> dict[str, list[str]]:
+    """Every account name each provider may have: the closed set /metrics labels come from."""
+    providers = {*_SECRET_FIELDS, *settings.accounts}
+    return {p: [DEFAULT, *settings.accounts.get(p, {})] for p in providers}
+
+
 def as_settings(settings: Settings, provider: str, account: Account) -> Settings:
     """The settings a provider's verify() reads, holding this account's credentials."""
     secret_field, user_field = _SECRET_FIELDS[provider]

@@ -8,7 +8,7 @@ from typing import Protocol, TypeVar
 import asyncpg
 from aiohttp import web
 
-from receiver import api, migrate, subscriptions, webhooks
+from receiver import accounts, api, migrate, subscriptions, webhooks
 from receiver.db import connection, log_loop_failure, open_pool
 from receiver.edge import edge_middleware
 from receiver.forward import Forwarder, http_client
@@ -33,7 +33,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[edge_middleware],
     )
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    app[METRICS] = Metrics(accounts.names(settings))
     app.add_routes(
         [
             web.get("/healthz", api.healthz),
@@ -238,14 +238,15 @@ async def retention_running(
 async def background_running(pool: asyncpg.Pool, settings: Settings) -> AsyncIterator[None]:
     """Everything but HTTP that the settings enable: what `serve` runs in a process of its own
     (python -m receiver background), beside the processes that answer requests."""
+    metrics = Metrics(accounts.names(settings))
     async with AsyncExitStack() as stack:
         if settings.project_enabled:
-            await stack.enter_async_context(projector_running(pool, settings))
+            await stack.enter_async_context(projector_running(pool, settings, metrics))
         if settings.forward_enabled:
-            await stack.enter_async_context(forwarder_running(pool, settings))
+            await stack.enter_async_context(forwarder_running(pool, settings, metrics))
         if settings.poll_enabled:
-            journal = await stack.enter_async_context(journal_running(pool, settings))
-            await stack.enter_async_context(poller_running(pool, journal, settings))
+            journal = await stack.enter_async_context(journal_running(pool, settings, metrics))
+            await stack.enter_async_context(poller_running(pool, journal, settings, metrics))
         if settings.retention_days is not None:
-            await stack.enter_async_context(retention_running(pool, settings))
+            await stack.enter_async_context(retention_running(pool, settings, metrics))
         yield

@@ -62,11 +62,14 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
+        elapsed = time.perf_counter() - started
+        facts = request.get(LOG_FACTS)
         if request.path.startswith("/webhooks/"):
-            request.app[METRICS].inc(
-                "dlr_webhook_requests_total",
-                provider=request.match_info.get("provider", "?"),
-                status=str(status),
+            request.app[METRICS].webhook(
+                request.match_info.get("provider", "?"),
+                facts.get("account") if facts else None,
+                status,
+                elapsed,
             )
         # Path only: query strings and bodies may carry secrets or personal data.
         fields: dict[str, Any] = {
@@ -79,10 +82,9 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 else request.path
             ),
             "status": status,
-            "ms": round((time.perf_counter() - started) * 1000, 2),
+            "ms": round(elapsed * 1000, 2),
             "remote": request.remote,
         }
-        facts = request.get(LOG_FACTS)
         if facts:
             fields.update(facts)
         logs.access(fields)

@@ -252,6 +252,9 @@ class Forwarder:
             self._wake.set()  # the subscription has room again
         result = "delivered" if outcome.ok else "failed"
         self._metrics.inc("dlr_forward_attempts_total", result=result)
+        if outcome.ok:
+            queued = (datetime.now(UTC) - row["created_at"]).total_seconds()
+            self._metrics.observe("dlr_forward_delay_seconds", queued)
         await self._settle(row, outcome, int(seconds * 1000))
 
     async def _settle(self, row: asyncpg.Record, outcome: Outcome, duration_ms: int) -> None:

@@ -166,7 +166,7 @@ async def claim(
         from chosen, subscriptions s
         where d.id = chosen.id and s.id = d.subscription_id
         returning d.id, d.subscription_id, d.event_id, d.payload, d.attempts, d.provider,
-                  d.status, d.message_key, s.url, s.secret,
+                  d.status, d.message_key, d.created_at, s.url, s.secret,
                   array(select p.secret from unnest(s.previous_secrets) p
                         where p.expires_at > now()) as previous_secrets
         """,

@@ -68,6 +68,7 @@ async def receive(request: web.Request) -> web.Response:
             provider.name, "webhook", body, content_type, problem=str(exc), account=account
         )
         await journal.append(receipt, [])
+        request[LOG_FACTS] = {"provider": provider.name, "account": account}
         log.warning("webhook.invalid", provider=provider.name, problem=str(exc))
         raise ApiError(
             400, "invalid_report", str(exc), extra={"receipt_id": str(receipt.id)}

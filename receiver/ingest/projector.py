@@ -13,11 +13,13 @@ import asyncio
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import asyncpg
 import asyncpg.exceptions._base as asyncpg_base
 import structlog
 
+from receiver.accounts import DEFAULT as DEFAULT_ACCOUNT
 from receiver.db import Conn, connection, log_loop_failure
 from receiver.ingest import codec, queries
 from receiver.ingest.apply import Entry, apply
@@ -152,6 +154,11 @@ class Projector:
         self._metrics.inc("dlr_projection_batches_total")
         # A row in parts counts once, with its last part.
         self._metrics.inc("dlr_projected_rows_total", sum(after.covers(r.position) for r in rows))
+        now = datetime.now(UTC)
+        for row in rows:
+            if after.covers(row.position):
+                delay = (now - row.entry.received_at).total_seconds()
+                self._metrics.observe("dlr_projection_delay_seconds", delay)
         self._seen(after)
         return len(rows)
 
@@ -247,9 +254,17 @@ class Projector:
     def _count(self, rows: Sequence[_Row], counts: Sequence[int]) -> None:
         for row, new in zip(rows, counts, strict=True):
             total = len(row.updates or ())
-            self._metrics.inc("dlr_reports_total", new, provider=row.provider, outcome="new")
+            # No account on the row: the default one (or from before accounts existed).
+            account = row.entry.account or DEFAULT_ACCOUNT
             self._metrics.inc(
-                "dlr_reports_total", total - new, provider=row.provider, outcome="duplicate"
+                "dlr_reports_total", new, provider=row.provider, account=account, outcome="new"
+            )
+            self._metrics.inc(
+                "dlr_reports_total",
+                total - new,
+                provider=row.provider,
+                account=account,
+                outcome="duplicate",
             )
 
     @property

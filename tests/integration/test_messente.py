@@ -427,8 +427,11 @@ async def test_metrics_count_webhooks_and_reports(client: Client) -> None:
     resp = await client.get("/metrics")
     assert resp.status == 200
     text = await resp.text()
-    assert 'dlr_webhook_requests_total{provider="messente",status="200"} 2' in text
-    assert 'dlr_webhook_requests_total{provider="messente",status="401"} 1' in text
-    assert 'dlr_reports_total{outcome="new",provider="messente"} 1' in text
-    assert 'dlr_reports_total{outcome="duplicate",provider="messente"} 1' in text
+    # Labels as prometheus-client writes them: sorted by name.
+    ok = 'dlr_webhook_requests_total{account="default",provider="messente",status="200"} 2.0'
+    assert ok in text
+    assert 'dlr_webhook_requests_total{account="none",provider="messente",status="401"} 1.0' in text
+    assert 'dlr_reports_total{account="default",outcome="new",provider="messente"} 1.0' in text
+    dup = 'dlr_reports_total{account="default",outcome="duplicate",provider="messente"} 1.0'
+    assert dup in text
     assert "dlr_forward_pending 0" in text

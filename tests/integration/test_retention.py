@@ -149,11 +149,11 @@ async def test_the_service_prunes_when_retention_is_set(
 
     async def pruned() -> bool:
         metrics = await (await client.get("/metrics")).text()
-        return 'dlr_retention_deleted_total{kind="journal_days"} 1' in metrics
+        return 'dlr_retention_deleted_total{kind="journal_days"} 1.0' in metrics
 
     await eventually(pruned)
     metrics = await (await client.get("/metrics")).text()
-    assert 'dlr_retention_deleted_total{kind="messages"} 1' in metrics
+    assert 'dlr_retention_deleted_total{kind="messages"} 1.0' in metrics
     assert [r["key"] for r in await db.fetch("select key from messages")] == ["young"]
     assert await db.fetchval("select count(*) from journal") == 1
 

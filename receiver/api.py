@@ -1,7 +1,6 @@
 """Client side: register sends, look up messages and their timelines, health."""
 
 import base64
-import binascii
 import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -11,13 +10,14 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from receiver import instants, phones, queries
+from receiver import cursors, instants, phones, queries, views
 from receiver.db import connection, is_transient
 from receiver.errors import ApiError, read_body
 from receiver.ingest import queries as ingest_queries
 from receiver.instants import Instant
-from receiver.jsonio import dumps, has_nul, json_response, loads
+from receiver.jsonio import model_response
 from receiver.keys import JOURNAL, METRICS, POOL, PROJECTOR, SETTINGS
+from receiver.openapi import Operation, documented
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Provider, Registration, describe
 from receiver.reports import InvalidReport, Receipt
@@ -45,6 +45,20 @@ def _provider(request: web.Request) -> Provider:
     return provider
 
 
+_UNKNOWN_PROVIDER = {404: "unknown_provider"}
+
+
+@documented(
+    Operation(
+        "Register a send: the provider's send response (and request), verbatim",
+        {201: views.Registered, 202: views.Registered},
+        {**_UNKNOWN_PROVIDER, 400: "invalid_body, invalid_send_response"},
+        body=_RegistrationBody,
+        description="201 once the messages are visible to lookups; 202 with visible false if "
+        "the projector did not get there within RECEIVER_REGISTRATION_WAIT (journaled all "
+        "the same: registering again is harmless).",
+    )
+)
 async def register(request: web.Request) -> web.Response:
     provider = _provider(request)
     body = await read_body(request)
@@ -76,18 +90,28 @@ async def register(request: web.Request) -> web.Response:
     if not visible:
         # Durable all the same (journaled); only not yet visible. Registering again is safe.
         log.warning("send.not_yet_visible", provider=provider.name, messages=len(keys))
-        return json_response(
-            {"receipt_id": str(receipt.id), "messages": [], "visible": False}, status=202
+        return model_response(
+            views.Registered(receipt_id=str(receipt.id), messages=[], visible=False), status=202
         )
     async with connection(request.app[POOL]) as conn:
         rows = await queries.message_summaries(conn, provider.name, keys)
     log.info("send.registered", provider=provider.name, messages=len(keys))
-    return json_response(
-        {"receipt_id": str(receipt.id), "messages": [_summary(r) for r in rows], "visible": True},
+    return model_response(
+        views.Registered(
+            receipt_id=str(receipt.id), messages=[_summary(r) for r in rows], visible=True
+        ),
         status=201,
     )
 
 
+@documented(
+    Operation(
+        "A message: its status, channel attempts and full timeline",
+        {200: views.Message},
+        {404: "unknown_provider, message_not_found"},
+        description="`id` is the message key or any provider id of it (a channel message id).",
+    )
+)
 async def get_message(request: web.Request) -> web.Response:
     provider = _provider(request)
     async with connection(request.app[POOL]) as conn:
@@ -96,34 +120,41 @@ async def get_message(request: web.Request) -> web.Response:
             raise ApiError(404, "message_not_found", "no message with this id")
         aliases = await queries.message_aliases(conn, provider.name, row["key"])
         events = await queries.message_events(conn, provider.name, row["key"])
-    return json_response(
-        {
-            **_summary(row),
-            "status_at": row["status_at"],
-            "channel": row["channel"],
-            "recipient": row["recipient"],
-            "reference": row["reference"],
-            "group": row["group_key"],
-            "account": row["account"],
-            "aliases": aliases,
-            "channel_order": row["channel_order"],
-            "attempts": row["attempts"],
-            "seq": row["seq"],
+    return model_response(
+        views.Message(
+            **_listed_fields(row),
+            account=row["account"],
+            aliases=aliases,
+            channel_order=row["channel_order"],
+            attempts=[_attempt(a) for a in row["attempts"]],
+            seq=row["seq"],
             # Polling gave up on it (past RECEIVER_POLL_MAX_AGE): its status is the last known.
-            "stale": row["stale"],
-            "next_poll_at": row["next_poll_at"],
-            "registered_at": row["registered_at"],
-            "created_at": row["created_at"],
-            "updated_at": row["updated_at"],
-            "events": [_event(e) for e in events],
-        }
+            stale=row["stale"],
+            next_poll_at=row["next_poll_at"],
+            registered_at=row["registered_at"],
+            events=[_event(e) for e in events],
+        )
     )
 
 
+def _attempt(stored: dict[str, Any]) -> views.Attempt:
+    # Stored as the projector composed it, where the attempt's provider id is `message_id`:
+    # the API names it channel_message_id, as the forwarded payload does.
+    return views.Attempt(
+        channel=stored.get("channel"),
+        status=stored["status"],
+        occurred_at=stored.get("occurred_at"),
+        channel_message_id=stored.get("message_id"),
+    )
+
+
+@documented(
+    Operation("Provider status values seen but not mapped, with counts", {200: views.UnmappedList})
+)
 async def list_unmapped(request: web.Request) -> web.Response:
     async with connection(request.app[POOL]) as conn:
         rows = await queries.list_unmapped(conn)
-    return json_response({"unmapped": [dict(r) for r in rows]})
+    return model_response(views.UnmappedList(unmapped=[views.Unmapped(**r) for r in rows]))
 
 
 class _ProblemQuery(BaseModel):
@@ -135,28 +166,41 @@ class _ProblemQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=500)
 
 
+@documented(
+    Operation(
+        "Request bodies that kept something unread (what reprocess reads again)",
+        {200: views.ReceiptPage},
+        {400: "invalid_query, invalid_cursor"},
+        query=_ProblemQuery,
+    )
+)
 async def receipts_with_problems(request: web.Request) -> web.Response:
     """Request bodies that kept something unread: what `reprocess` would read again."""
     query = _query(request, _ProblemQuery)
     if query.provider is not None and query.provider not in PROVIDERS:
         raise ApiError(400, "invalid_query", f"unknown provider {query.provider!r}")
-    after = None
-    if query.cursor:
-        try:
-            received, receipt_id = _decode_cursor(query.cursor)
-            after = (instants.parse(received), uuid.UUID(receipt_id))
-        except (TypeError, ValueError) as exc:
-            raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    after = cursors.moment_and_id(query.cursor) if query.cursor else None
     async with connection(request.app[POOL]) as conn:
         rows = await queries.receipts_with_problems(
             conn, provider=query.provider, since=query.since, after=after, limit=query.limit
         )
     next_cursor = None
     if len(rows) == query.limit:
-        next_cursor = _encode_cursor([rows[-1]["received_at"], rows[-1]["id"]])
-    return json_response({"receipts": [dict(r) for r in rows], "next_cursor": next_cursor})
+        next_cursor = cursors.encode(rows[-1]["received_at"], rows[-1]["id"])
+    return model_response(
+        views.ReceiptPage(
+            receipts=[views.ReceiptListed(**r) for r in rows], next_cursor=next_cursor
+        )
+    )
 
 
+@documented(
+    Operation(
+        "One request body as it arrived, what could not be read from it, and its events",
+        {200: views.Receipt},
+        {404: "receipt_not_found"},
+    )
+)
 async def get_receipt(request: web.Request) -> web.Response:
     """One request body as it arrived, what could not be read from it, and its events."""
     try:
@@ -173,30 +217,38 @@ async def get_receipt(request: web.Request) -> web.Response:
         text: str | None = body.decode()
     except UnicodeDecodeError:
         text = None
-    return json_response(
-        {
+    return model_response(
+        views.Receipt(
             **{k: row[k] for k in ("id", "provider", "source", "received_at", "content_type")},
-            "problem": row["problem"],
-            "body": text,  # null when the bytes are not UTF-8: see body_base64
-            "body_base64": base64.b64encode(body).decode(),
-            "events": [
-                {
-                    "message_id": e["message_key"],
-                    "status": e["status"],
-                    "provider_status": e["provider_status"],
-                    "channel": e["channel"],
-                    "occurred_at": e["occurred_at"],
-                }
+            problem=row["problem"],
+            body=text,  # null when the bytes are not UTF-8: see body_base64
+            body_base64=base64.b64encode(body).decode(),
+            events=[
+                views.ReceiptEvent(
+                    message_id=e["message_key"],
+                    status=e["status"],
+                    provider_status=e["provider_status"],
+                    channel=e["channel"],
+                    occurred_at=e["occurred_at"],
+                )
                 for e in events
             ],
-        }
+        )
     )
 
 
+@documented(Operation("The process is up", {200: views.Health}))
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return model_response(views.Health(status="ok"))
 
 
+@documented(
+    Operation(
+        "The database answers; how far behind projection is",
+        {200: views.Ready},
+        {503: "not_ready: the database is unreachable"},
+    )
+)
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database answers; the body says how far behind the projection is."""
     try:
@@ -206,32 +258,39 @@ async def readyz(request: web.Request) -> web.Response:
         if not is_transient(exc):
             raise
         raise ApiError(503, "not_ready", "database unreachable") from exc
-    return json_response(
-        {"status": "ready", "projection": {"backlog_rows": rows, "lag_seconds": round(lag, 3)}}
+    return model_response(
+        views.Ready(
+            status="ready",
+            projection=views.Backlog(backlog_rows=rows, lag_seconds=round(lag, 3)),
+        )
     )
 
 
-def _summary(row: asyncpg.Record) -> dict[str, Any]:
-    return {"provider": row["provider"], "id": row["key"], "status": row["status"]}
+def _summary(row: asyncpg.Record) -> views.MessageSummary:
+    return views.MessageSummary(**_summary_fields(row))
 
 
-def _event(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "status": row["status"],
-        "provider_status": row["provider_status"],
-        "provider_code": row["provider_code"],
-        "error_code": row["error_code"],
-        "error_text": row["error_text"],
-        "permanent": row["permanent"],
-        "channel": row["channel"],
-        "message_id": row["attempt_id"],
-        "occurred_at": row["occurred_at"],
-        "received_at": row["received_at"],
-        "source": row["source"],
-        "receipt_id": row["receipt_id"],  # GET /v1/receipts/{id}: the body it came in
-        "details": row["details"],
-    }
+def _summary_fields(row: asyncpg.Record) -> dict[str, Any]:
+    return {"provider": row["provider"], "message_id": row["key"], "status": row["status"]}
+
+
+def _event(row: asyncpg.Record) -> views.Event:
+    return views.Event(
+        id=row["id"],
+        status=row["status"],
+        provider_status=row["provider_status"],
+        provider_code=row["provider_code"],
+        error_code=row["error_code"],
+        error_text=row["error_text"],
+        permanent=row["permanent"],
+        channel=row["channel"],
+        channel_message_id=row["attempt_id"],
+        occurred_at=row["occurred_at"],
+        received_at=row["received_at"],
+        source=row["source"],
+        receipt_id=row["receipt_id"],  # GET /v1/receipts/{id}: the body it came in
+        details=row["details"],
+    )
 
 
 class _SearchQuery(BaseModel):
@@ -248,28 +307,6 @@ class _SearchQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=500)
 
 
-def _encode_cursor(value: list[Any]) -> str:
-    return base64.urlsafe_b64encode(dumps(value).encode()).decode().rstrip("=")
-
-
-def _cursor_text(value: object) -> str:
-    # A cursor is ours, but it comes back from the client: NUL would reach Postgres text.
-    if not isinstance(value, str) or "\x00" in value:
-        raise ValueError("not a cursor string")
-    return value
-
-
-def _decode_cursor(cursor: str) -> Any:
-    try:
-        value = loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error) as exc:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
-    # Ours never hold NUL; one that does would reach Postgres text (a 500) or a lenient parse.
-    if has_nul(value):
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
-    return value
-
-
 def _query(request: web.Request, model: type[_Q]) -> _Q:
     try:
         return model.model_validate(dict(request.query))
@@ -277,6 +314,14 @@ def _query(request: web.Request, model: type[_Q]) -> _Q:
         raise ApiError(400, "invalid_query", describe(exc)) from exc
 
 
+@documented(
+    Operation(
+        "Search messages, newest first, keyset-paginated",
+        {200: views.MessagePage},
+        {400: "invalid_query, invalid_cursor"},
+        query=_SearchQuery,
+    )
+)
 async def search_messages(request: web.Request) -> web.Response:
     query = _query(request, _SearchQuery)
     statuses = None
@@ -289,12 +334,12 @@ async def search_messages(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_query", f"unknown provider {query.provider!r}")
     after = None
     if query.cursor:
-        decoded = _decode_cursor(query.cursor)
+        decoded = cursors.decode(query.cursor)
         try:
             created, provider, key = decoded
-            after = (instants.parse(created), _cursor_text(provider), _cursor_text(key))
+            after = (instants.parse(created), cursors.text(provider), cursors.text(key))
         except (TypeError, ValueError) as exc:
-            raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+            raise cursors.invalid() from exc
     async with connection(request.app[POOL]) as conn:
         rows = await queries.search_messages(
             conn,
@@ -311,8 +356,10 @@ async def search_messages(request: web.Request) -> web.Response:
     next_cursor = None
     if len(rows) == query.limit:
         last = rows[-1]
-        next_cursor = _encode_cursor([last["created_at"], last["provider"], last["key"]])
-    return json_response({"messages": [_listed(r) for r in rows], "next_cursor": next_cursor})
+        next_cursor = cursors.encode(last["created_at"], last["provider"], last["key"])
+    return model_response(
+        views.MessagePage(messages=[_listed(r) for r in rows], next_cursor=next_cursor)
+    )
 
 
 class _GroupQuery(BaseModel):
@@ -322,32 +369,54 @@ class _GroupQuery(BaseModel):
     limit: int = Field(default=100, ge=1, le=1000)
 
 
+@documented(
+    Operation(
+        "A group sent together (Infobip bulkId, Messente omnimessage, Mercury dispatch)",
+        {200: views.Group},
+        {400: "invalid_query, invalid_cursor", 404: "unknown_provider, group_not_found"},
+        query=_GroupQuery,
+    )
+)
 async def get_group(request: web.Request) -> web.Response:
     provider = _provider(request)
     group = request.match_info["id"]
     query = _query(request, _GroupQuery)
-    after = str(_decode_cursor(query.cursor)) if query.cursor else None
+    after = _group_cursor(query.cursor) if query.cursor else None
     async with connection(request.app[POOL]) as conn:
         counts = await queries.group_counts(conn, provider.name, group)
         if not counts:
             raise ApiError(404, "group_not_found", "no messages in this group")
         rows = await queries.group_members(conn, provider.name, group, after, query.limit)
-    next_cursor = _encode_cursor(rows[-1]["key"]) if len(rows) == query.limit else None
-    return json_response(
-        {
-            "provider": provider.name,
-            "id": group,
-            "total": sum(counts.values()),
-            "counts": counts,
-            "members": [_listed(r) for r in rows],
-            "next_cursor": next_cursor,
-        }
+    next_cursor = cursors.encode(rows[-1]["key"]) if len(rows) == query.limit else None
+    return model_response(
+        views.Group(
+            provider=provider.name,
+            id=group,
+            total=sum(counts.values()),
+            counts=counts,
+            members=[_listed(r) for r in rows],
+            next_cursor=next_cursor,
+        )
     )
 
 
-def _listed(row: asyncpg.Record) -> dict[str, Any]:
+def _group_cursor(cursor: str) -> str:
+    value = cursors.decode(cursor)
+    # The array every cursor is now; a bare string is the form given out before that.
+    key = value[0] if isinstance(value, list) and len(value) == 1 else value
+    try:
+        return cursors.text(key)
+    except ValueError as exc:
+        raise cursors.invalid() from exc
+
+
+def _listed(row: asyncpg.Record) -> views.MessageListed:
+    return views.MessageListed(**_listed_fields(row))
+
+
+def _listed_fields(row: asyncpg.Record) -> dict[str, Any]:
     return {
-        **_summary(row),
+        **_summary_fields(row),
         "status_at": row["status_at"],
         "channel": row["channel"],
         "recipient": row["recipient"],
@@ -358,6 +427,7 @@ def _listed(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+@documented(Operation("Prometheus text: counters, histograms, gauges", {200: "text/plain"}))
 async def metrics(request: web.Request) -> web.Response:
     gauges: dict[str, tuple[str, float]] = {}
     try:

@@ -8,7 +8,7 @@ from typing import Protocol, TypeVar
 import asyncpg
 from aiohttp import web
 
-from receiver import accounts, api, migrate, subscriptions, webhooks
+from receiver import accounts, api, migrate, openapi, subscriptions, webhooks
 from receiver.db import connection, log_loop_failure, open_pool
 from receiver.edge import edge_middleware
 from receiver.forward import Forwarder, http_client
@@ -39,6 +39,8 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/healthz", api.healthz),
             web.get("/readyz", api.readyz),
             web.get("/metrics", api.metrics),
+            web.get("/openapi.json", openapi.openapi_json),
+            web.get("/docs", openapi.docs_page),
             web.post("/webhooks/{provider}", webhooks.receive),
             web.post("/webhooks/{provider}/{token}", webhooks.receive),
             web.post("/v1/messages/{provider}", api.register),

@@ -45,8 +45,21 @@ async def create_subscription(
     return row
 
 
-async def list_subscriptions(conn: Conn) -> list[asyncpg.Record]:
-    return await conn.fetch("select * from subscriptions order by created_at, id")
+async def list_subscriptions(
+    conn: Conn, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[asyncpg.Record]:
+    """Oldest first, by the (created_at, id) keyset."""
+    return await conn.fetch(
+        """
+        select * from subscriptions
+        where $1::timestamptz is null or (created_at, id) > ($1, $2::uuid)
+        order by created_at, id
+        limit $3
+        """,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
 
 
 async def get_subscription(conn: Conn, id_: uuid.UUID) -> asyncpg.Record | None:

@@ -10,14 +10,15 @@ import yarl
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from receiver import broker_url, forward_queries, instants
+from receiver import broker_url, cursors, forward_queries, instants, views
 from receiver.db import connection
 from receiver.errors import ApiError, read_body
 from receiver.forward import new_secret
 from receiver.instants import Instant
-from receiver.jsonio import has_nul, json_response
+from receiver.jsonio import has_nul, model_response
 from receiver.keys import POOL, SETTINGS
 from receiver.netguard import BlockedAddress, GuardedResolver, check_literal, parse_networks
+from receiver.openapi import Operation, documented
 from receiver.providers import PROVIDERS
 from receiver.providers.base import describe
 from receiver.status import Status
@@ -73,12 +74,22 @@ class _ReplayRange(BaseModel):
     until: Instant | None = None
 
 
+class _ListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=100, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=1000)
+
+
 class _DeliveryQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     state: Literal["pending", "delivered", "dead"] | None = None
     limit: int = Field(default=50, ge=1, le=500)
     cursor: str | None = Field(default=None, max_length=200)
+
+
+_NOT_FOUND = {404: "subscription_not_found"}
 
 
 async def _body(request: web.Request, model: type[M]) -> M:
@@ -92,11 +103,17 @@ async def _body(request: web.Request, model: type[M]) -> M:
     return body
 
 
+def _missing(kind: str) -> ApiError:
+    """One error code per kind of thing not found: subscription_not_found, delivery_not_found
+    (a route that does not exist at all is aiohttp's not_found)."""
+    return ApiError(404, f"{kind}_not_found", f"no such {kind}")
+
+
 def _id(request: web.Request, name: str = "id") -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info[name])
     except ValueError as exc:
-        raise ApiError(404, "not_found", f"no such {name.replace('_', ' ')}") from exc
+        raise _missing("subscription" if name == "id" else "delivery") from exc
 
 
 async def _check_target(request: web.Request, url: str) -> None:
@@ -115,10 +132,21 @@ async def _check_target(request: web.Request, url: str) -> None:
         await resolver.close()
 
 
-def _view(row: asyncpg.Record, secret: str | None = None) -> dict[str, Any]:
+def _view(row: asyncpg.Record, secret: str | None = None) -> views.Subscription:
+    view = views.Subscription(**_view_fields(row))
+    if secret is not None:
+        view.secret = secret  # shown once, at creation or rotation
+    return view
+
+
+def _expiries(row: asyncpg.Record) -> list[datetime]:
     now = datetime.now(UTC)
-    expiries = sorted(p["expires_at"] for p in row["previous_secrets"] if p["expires_at"] > now)
-    view = {
+    return sorted(p["expires_at"] for p in row["previous_secrets"] if p["expires_at"] > now)
+
+
+def _view_fields(row: asyncpg.Record) -> dict[str, Any]:
+    expiries = _expiries(row)
+    return {
         "id": str(row["id"]),
         # A broker URL's password is a secret: the API never shows it back.
         "url": broker_url.redact(row["url"]),
@@ -135,11 +163,16 @@ def _view(row: asyncpg.Record, secret: str | None = None) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }
-    if secret is not None:
-        view["secret"] = secret  # shown once, at creation or rotation
-    return view
 
 
+@documented(
+    Operation(
+        "Create a subscription; the answer carries its secret, shown only here",
+        {201: views.Subscription},
+        {400: "invalid_body, url_not_allowed"},
+        body=_Fields,
+    )
+)
 async def create(request: web.Request) -> web.Response:
     fields = await _body(request, _Fields)
     await _check_target(request, fields.url)
@@ -154,23 +187,54 @@ async def create(request: web.Request) -> web.Response:
             enabled=fields.enabled,
             secret=secret,
         )
-    return json_response(_view(row, secret), status=201)
+    return model_response(_view(row, secret), status=201)
 
 
+@documented(
+    Operation(
+        "Subscriptions, oldest first, keyset-paginated (no secrets)",
+        {200: views.SubscriptionPage},
+        {400: "invalid_query, invalid_cursor"},
+        query=_ListQuery,
+    )
+)
 async def list_all(request: web.Request) -> web.Response:
+    query = _query(request, _ListQuery)
+    after = cursors.moment_and_id(query.cursor) if query.cursor else None
     async with connection(request.app[POOL]) as conn:
-        rows = await forward_queries.list_subscriptions(conn)
-    return json_response({"subscriptions": [_view(r) for r in rows]})
+        rows = await forward_queries.list_subscriptions(conn, after, query.limit)
+    next_cursor = None
+    if len(rows) == query.limit:
+        next_cursor = cursors.encode(rows[-1]["created_at"], rows[-1]["id"])
+    return model_response(
+        views.SubscriptionPage(subscriptions=[_view(r) for r in rows], next_cursor=next_cursor)
+    )
 
 
+def _query(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_query", describe(exc)) from exc
+
+
+@documented(Operation("One subscription (no secret)", {200: views.Subscription}, _NOT_FOUND))
 async def read(request: web.Request) -> web.Response:
     async with connection(request.app[POOL]) as conn:
         row = await forward_queries.get_subscription(conn, _id(request))
     if row is None:
-        raise ApiError(404, "not_found", "no such subscription")
-    return json_response(_view(row))
+        raise _missing("subscription")
+    return model_response(_view(row))
 
 
+@documented(
+    Operation(
+        "Change any field; enabled true re-enables a disabled one",
+        {200: views.Subscription},
+        {**_NOT_FOUND, 400: "invalid_body, url_not_allowed"},
+        body=_Patch,
+    )
+)
 async def update(request: web.Request) -> web.Response:
     subscription_id = _id(request)
     patch = await _body(request, _Patch)
@@ -192,18 +256,27 @@ async def update(request: web.Request) -> web.Response:
     async with connection(request.app[POOL]) as conn, conn.transaction():
         row = await forward_queries.update_subscription(conn, subscription_id, changes)
     if row is None:
-        raise ApiError(404, "not_found", "no such subscription")
-    return json_response(_view(row))
+        raise _missing("subscription")
+    return model_response(_view(row))
 
 
+@documented(Operation("Delete a subscription and its deliveries", {204: None}, _NOT_FOUND))
 async def delete(request: web.Request) -> web.Response:
     async with connection(request.app[POOL]) as conn:
         deleted = await forward_queries.delete_subscription(conn, _id(request))
     if not deleted:
-        raise ApiError(404, "not_found", "no such subscription")
+        raise _missing("subscription")
     return web.Response(status=204)
 
 
+@documented(
+    Operation(
+        "A new secret (shown once); replaced ones keep signing for their grace period",
+        {200: views.Subscription},
+        {**_NOT_FOUND, 400: "invalid_body", 409: "too_many_secrets"},
+        body=_Rotate,
+    )
+)
 async def rotate_secret(request: web.Request) -> web.Response:
     rotate = await _body(request, _Rotate)
     secret = new_secret()
@@ -215,76 +288,118 @@ async def rotate_secret(request: web.Request) -> web.Response:
         if row is None:
             current = await forward_queries.get_subscription(conn, subscription_id)
             if current is None:
-                raise ApiError(404, "not_found", "no such subscription")
-            expiries = _view(current)["previous_secrets_expire_at"]
+                raise _missing("subscription")
+            expiries = _expiries(current)
             clears = f"; the first stops signing at {expiries[0].isoformat()}" if expiries else ""
             raise ApiError(
                 409,
                 "too_many_secrets",
                 f"{_MOST_OLD_SECRETS} earlier secrets are still in their grace period{clears}",
             )
-    return json_response(_view(row, secret))
+    return model_response(_view(row, secret))
 
 
+@documented(
+    Operation(
+        "A subscription's deliveries, newest first",
+        {200: views.DeliveryPage},
+        {**_NOT_FOUND, 400: "invalid_query, invalid_cursor"},
+        query=_DeliveryQuery,
+    )
+)
 async def list_deliveries(request: web.Request) -> web.Response:
     subscription_id = _id(request)
-    try:
-        query = _DeliveryQuery.model_validate(dict(request.query))
-    except ValidationError as exc:
-        raise ApiError(400, "invalid_query", describe(exc)) from exc
-    after = None
-    if query.cursor:
-        created, _, last_id = query.cursor.partition("|")
-        try:
-            after = (instants.parse(created), uuid.UUID(last_id))
-        except ValueError as exc:
-            raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    query = _query(request, _DeliveryQuery)
+    after = _delivery_cursor(query.cursor) if query.cursor else None
     async with connection(request.app[POOL]) as conn:
         if await forward_queries.get_subscription(conn, subscription_id) is None:
-            raise ApiError(404, "not_found", "no such subscription")
+            raise _missing("subscription")
         rows = await forward_queries.list_deliveries(
             conn, subscription_id, query.state, after, query.limit
         )
     next_cursor = None
     if len(rows) == query.limit:
-        next_cursor = f"{rows[-1]['created_at'].isoformat()}|{rows[-1]['id']}"
-    return json_response({"deliveries": [_delivery(r) for r in rows], "next_cursor": next_cursor})
+        next_cursor = cursors.encode(rows[-1]["created_at"], rows[-1]["id"])
+    return model_response(
+        views.DeliveryPage(deliveries=[_delivery(r) for r in rows], next_cursor=next_cursor)
+    )
 
 
+def _delivery_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    if "|" not in cursor:
+        return cursors.moment_and_id(cursor)
+    # `{created_at}|{id}`: the form given out before every cursor was one format.
+    created, _, last_id = cursor.partition("|")
+    try:
+        return instants.parse(created), uuid.UUID(last_id)
+    except ValueError as exc:
+        raise cursors.invalid() from exc
+
+
+@documented(
+    Operation(
+        "One delivery with its payload and every attempt",
+        {200: views.DeliveryDetail},
+        {404: "subscription_not_found, delivery_not_found"},
+    )
+)
 async def read_delivery(request: web.Request) -> web.Response:
     subscription_id, delivery_id = _id(request), _id(request, "delivery_id")
     async with connection(request.app[POOL]) as conn:
         row = await forward_queries.get_delivery(conn, subscription_id, delivery_id)
         if row is None:
-            raise ApiError(404, "not_found", "no such delivery")
+            raise _missing("delivery")
         attempts = await forward_queries.delivery_attempts(conn, delivery_id)
-    return json_response(
-        {**_delivery(row), "payload": row["payload"], "attempts": [dict(a) for a in attempts]}
+    return model_response(
+        views.DeliveryDetail(
+            **_delivery_fields(row),
+            payload=row["payload"],
+            attempts=[views.DeliveryAttempt(**a) for a in attempts],
+        )
     )
 
 
+@documented(
+    Operation(
+        "Send one delivery again now, with a fresh retry schedule",
+        {202: views.Replayed},
+        {404: "subscription_not_found, delivery_not_found"},
+    )
+)
 async def replay_one(request: web.Request) -> web.Response:
     subscription_id, delivery_id = _id(request), _id(request, "delivery_id")
     async with connection(request.app[POOL]) as conn:
         count = await forward_queries.replay_one(conn, subscription_id, delivery_id)
     if count == 0:
-        raise ApiError(404, "not_found", "no such delivery")
-    return json_response({"replayed": count}, status=202)
+        raise _missing("delivery")
+    return model_response(views.Replayed(replayed=count), status=202)
 
 
+@documented(
+    Operation(
+        "Send again every status change in [since, until) the subscription's filters match",
+        {202: views.Replayed},
+        {**_NOT_FOUND, 400: "invalid_body"},
+        body=_ReplayRange,
+    )
+)
 async def replay_range(request: web.Request) -> web.Response:
     subscription_id = _id(request)
     window = await _body(request, _ReplayRange)
     async with connection(request.app[POOL]) as conn:
         if await forward_queries.get_subscription(conn, subscription_id) is None:
-            raise ApiError(404, "not_found", "no such subscription")
+            raise _missing("subscription")
         count = await forward_queries.replay_range(
             conn, subscription_id, window.since, window.until
         )
-    return json_response({"replayed": count}, status=202)
+    return model_response(views.Replayed(replayed=count), status=202)
 
 
-def _delivery(row: asyncpg.Record) -> dict[str, Any]:
+def _delivery(row: asyncpg.Record) -> views.Delivery:
+    return views.Delivery(**_delivery_fields(row), attempts=row["attempts"])
+
+
+def _delivery_fields(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
         "event_id": row["event_id"],
@@ -293,7 +408,6 @@ def _delivery(row: asyncpg.Record) -> dict[str, Any]:
         "seq": row["seq"],
         "status": row["status"],
         "state": row["state"],
-        "attempts": row["attempts"],
         "next_attempt_at": row["next_attempt_at"] if row["state"] == "pending" else None,
         "last_status": row["last_status"],
         "last_error": row["last_error"],

@@ -6,10 +6,11 @@ import pydantic_core
 import structlog
 from aiohttp import hdrs, web
 
-from receiver import accounts
+from receiver import accounts, views
 from receiver.edge import LOG_FACTS
 from receiver.errors import ApiError, read_body
 from receiver.keys import JOURNAL, SETTINGS
+from receiver.openapi import Operation, documented
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Provider, Verification
 from receiver.reports import InvalidReport, Receipt
@@ -24,6 +25,21 @@ def _pushing_provider(request: web.Request) -> Provider:
     return provider
 
 
+@documented(
+    Operation(
+        "A provider's delivery reports, verified its own way (no bearer token)",
+        {200: views.WebhookAccepted},
+        {
+            400: "invalid_report: unreadable, the raw body kept (see receipt_id)",
+            401: "invalid_signature, invalid_token, webhook_not_configured",
+            404: "unknown_provider",
+        },
+        raw_body=("application/json", "application/xml"),
+        description="Messente: X-Messente-Signature; Infobip: HTTP Basic; Comapi: "
+        "X-Comapi-Signature; or a URL token at /webhooks/{provider}/{token}. 200 once "
+        "journaled: the reports show in lookups a moment later.",
+    )
+)
 async def receive(request: web.Request) -> web.Response:
     provider = _pushing_provider(request)
     assert provider.verify is not None
@@ -93,7 +109,9 @@ async def receive(request: web.Request) -> web.Response:
         "reports": count,
         "problems": len(problems),
     }
-    # Strings and numbers only: encoded in one pass by pydantic-core, not json.dumps.
+    # Strings and numbers only: encoded in one pass by pydantic-core, not json.dumps. The
+    # shape is views.WebhookAccepted (the document's); a model per request would cost the
+    # acknowledgement path, so tests hold the two together.
     answer = {"receipt_id": str(receipt.id), "reports": count, "problems": problems}
     return web.Response(
         body=pydantic_core.to_json(answer), content_type="application/json", charset="utf-8"

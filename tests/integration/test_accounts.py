@@ -70,7 +70,7 @@ async def test_each_account_verifies_and_names_its_reports(client: Client) -> No
         message = await get_json(client, f"/v1/messages/messente/{omni}")
         assert message["account"] == account
     found = await get_json(client, "/v1/messages?account=brand2")
-    assert [m["id"] for m in found["messages"]] == ["o-brand2"]
+    assert [m["message_id"] for m in found["messages"]] == ["o-brand2"]
 
 
 async def test_an_expired_account_and_an_unknown_key_are_refused(client: Client) -> None:

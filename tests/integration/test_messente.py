@@ -88,7 +88,7 @@ async def test_signed_report_is_stored_and_readable_by_omnimessage_and_channel_i
     (event,) = by_omni["events"]
     assert event["provider_status"] == "DELIVRD"
     assert event["channel"] == "sms"
-    assert event["message_id"] == SMS_ID
+    assert event["channel_message_id"] == SMS_ID
     assert event["source"] == "webhook"
     assert event["occurred_at"] == "2024-05-02T10:16:09.000001+00:00"
     assert event["received_at"]
@@ -211,7 +211,7 @@ async def test_report_before_registration_then_registration_merges(
     resp = await register(client)
     assert resp.status == 201
     assert (await resp.json())["messages"] == [
-        {"provider": "messente", "id": OMNI, "status": "sent"}
+        {"provider": "messente", "message_id": OMNI, "status": "sent"}
     ]
     after = await lookup(client, OMNI)
     assert after["registered_at"] is not None

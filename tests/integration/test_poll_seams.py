@@ -141,6 +141,6 @@ async def test_a_number_is_stored_as_e164_and_found_by_any_spelling(client: Clie
     assert message["recipient"] == "+41793026727"
     for spelling in ["+41793026727", "%2B41 79 302 67 27", "0041793026727", "+41793026727"]:
         found = await get_json(client, f"/v1/messages?recipient={spelling}")
-        assert [m["id"] for m in found["messages"]] == ["v3-msg-1"], spelling
+        assert [m["message_id"] for m in found["messages"]] == ["v3-msg-1"], spelling
     nothing = await get_json(client, "/v1/messages?recipient=%2B41793026728")
     assert nothing["messages"] == []

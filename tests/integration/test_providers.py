@@ -272,7 +272,10 @@ async def test_mercury_registration_rejects_invalid_recipients_and_groups_the_di
     assert message["status"] == "rejected"
     group = await get_json(client, "/v1/groups/mercury/180249")
     assert group["counts"] == {"accepted": 1, "rejected": 1}
-    assert [m["id"] for m in group["members"]] == ["180249:CustomerIdA", "180249:CustomerIdB"]
+    assert [m["message_id"] for m in group["members"]] == [
+        "180249:CustomerIdA",
+        "180249:CustomerIdB",
+    ]
 
 
 async def test_mercury_has_no_webhook(client: Client) -> None:
@@ -307,14 +310,14 @@ async def _seed(client: Client) -> None:
 async def test_search_by_recipient_status_and_provider(client: Client) -> None:
     await _seed(client)
     found = await get_json(client, "/v1/messages?recipient=%2B3725550000")
-    assert {m["id"] for m in found["messages"]} == {f"omni-{i}" for i in range(5)}
+    assert {m["message_id"] for m in found["messages"]} == {f"omni-{i}" for i in range(5)}
     failed = await get_json(client, "/v1/messages?status=failed,expired")
     assert {m["status"] for m in failed["messages"]} == {"failed", "expired"}
     infobip_only = await get_json(client, "/v1/messages?provider=infobip")
     assert len(infobip_only["messages"]) == 3
     # Your own reference: Infobip carries it back as callbackData.
     by_reference = await get_json(client, "/v1/messages?reference=order:4712")
-    assert [m["id"] for m in by_reference["messages"]] == ["2034072219640523074"]
+    assert [m["message_id"] for m in by_reference["messages"]] == ["2034072219640523074"]
     assert (await get_json(client, "/v1/messages?reference=order:0"))["messages"] == []
 
 
@@ -325,7 +328,7 @@ async def test_search_pages_through_everything_once(client: Client) -> None:
     for _ in range(10):
         path = "/v1/messages?limit=3" + (f"&cursor={cursor}" if cursor else "")
         page = await get_json(client, path)
-        seen.extend(m["id"] for m in page["messages"])
+        seen.extend(m["message_id"] for m in page["messages"])
         cursor = page["next_cursor"]
         if cursor is None:
             break

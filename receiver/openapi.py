@@ -183,7 +183,7 @@ def _answer(
     if answer is None:
         return {"description": "no body"}
     if isinstance(answer, str):
-        return {"description": answer, "content": {answer: {"schema": {"type": "string"}}}}
+        return {"description": answer, "content": {answer: {"schema": {}}}}
     return {
         "description": (answer.__doc__ or answer.__name__).strip().splitlines()[0],
         "content": {"application/json": {"schema": {"$ref": refs[answer]}}},

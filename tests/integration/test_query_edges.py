@@ -137,6 +137,7 @@ PARAMS = {
     "/v1/groups/infobip/bulk-1": ["cursor", "limit"],
     "/v1/receipts/problems": ["provider", "since", "cursor", "limit"],
     "/v1/subscriptions/{sub}/deliveries": ["state", "limit", "cursor"],
+    "/v1/subscriptions": ["limit", "cursor"],
 }
 queries = st.sampled_from(sorted(PARAMS)).flatmap(
     lambda path: st.tuples(

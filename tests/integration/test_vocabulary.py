@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from receiver import cursors, forward_queries
+from receiver.db import Conn
 from receiver.providers import messente
 from tests.conftest import AUTH, MESSENTE_PASSWORD, projected
 
@@ -87,7 +88,7 @@ async def test_a_missing_delivery_is_not_a_missing_subscription(
     assert (await resp.json())["error"]["code"] == "delivery_not_found"
 
 
-async def _subscription(db: asyncpg.Connection) -> uuid.UUID:
+async def _subscription(db: Conn) -> uuid.UUID:
     row = await forward_queries.create_subscription(
         db,
         url="https://hooks.example.com/dlr",

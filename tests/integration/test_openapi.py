@@ -21,7 +21,8 @@ from standardwebhooks import Webhook
 
 from receiver import views
 from receiver.openapi import operation_of
-from tests.conftest import API_TOKEN, AUTH, eventually
+from receiver.providers import messente
+from tests.conftest import API_TOKEN, AUTH, MESSENTE_PASSWORD, eventually
 from tests.integration.test_forwarding import Client, Subscriber, report, subscribe
 from tests.integration.test_forwarding import fclient as fclient
 from tests.integration.test_forwarding import subscriber as subscriber
@@ -90,6 +91,20 @@ async def test_a_forwarded_payload_and_a_webhook_answer_match_the_document(
 ) -> None:
     sub = await subscribe(fclient, subscriber.url)
     await report(fclient, "omni-doc", "DELIVRD")
+    # The webhook answer is built without a model (the acknowledgement path): it must still
+    # be the documented one, also for a report that could not be read.
+    statuses = []
+    for body in (b'{"omnimessage_id": "omni-doc", "status": "DELIVRD"}', b'{"no": "report"}'):
+        headers = {"X-Messente-Signature": messente.sign(MESSENTE_PASSWORD, body)}
+        resp = await fclient.post("/webhooks/messente", data=body, headers=headers)
+        statuses.append(resp.status)
+        if resp.status == 200:
+            views.WebhookAccepted.model_validate(await resp.json())
+        else:
+            assert resp.status == 400
+            error = views.Error.model_validate(await resp.json())
+            assert error.error.receipt_id is not None
+    assert statuses == [200, 400]
     await eventually(lambda: _got(subscriber))
     headers, body, _ = subscriber.received[0]
     Webhook(sub["secret"]).verify(body, headers)

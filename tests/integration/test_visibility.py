@@ -72,7 +72,9 @@ async def test_a_registration_answers_once_its_messages_are_visible(
     assert registered["visible"] is True
     assert registered["messages"]
     for message in registered["messages"]:
-        lookup = await raw_client.get(f"/v1/messages/messente/{message['message_id']}", headers=AUTH)
+        lookup = await raw_client.get(
+            f"/v1/messages/messente/{message['message_id']}", headers=AUTH
+        )
         assert lookup.status == 200
         assert (await lookup.json())["status"] == "accepted"
 

@@ -147,7 +147,8 @@ class Metrics:
         )
         # Remembered under the labels as they came only when they were already in bounds, so
         # the cache grows no further than the series do.
-        if (bound_provider, bound_account, bound_status) == (provider, account, str(status)):
+        as_came = (provider, NO_ACCOUNT if account is None else account, str(status))
+        if (bound_provider, bound_account, bound_status) == as_came:
             self._webhook[(provider, account, status)] = series
         return series
 

@@ -1,0 +1,53 @@
+"""Metrics labels come from closed sets: nothing a request or a stored row holds adds a series."""
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from receiver.metrics import Metrics
+
+
+def _series(metrics: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for family in text_string_to_metric_families(metrics.render())
+        for s in family.samples
+        if s.name == name
+    }
+
+
+def test_webhook_labels_outside_their_sets_are_other() -> None:
+    metrics = Metrics({"messente": ["default", "brand2"]})
+    metrics.webhook("messente", "brand2", 200, 0.001)
+    metrics.webhook("messente", "removed-since", 200, 0.001)  # an account no longer configured
+    metrics.webhook("messente", None, 401, 0.001)
+    metrics.webhook("messente", "default", 418, 0.001)  # a status we never answer
+    for i in range(1000):
+        metrics.webhook(f"made-up-{i}", None, 404, 0.001)
+    assert _series(metrics, "dlr_webhook_requests_total") == {
+        (("account", "brand2"), ("provider", "messente"), ("status", "200")): 1,
+        (("account", "other"), ("provider", "messente"), ("status", "200")): 1,
+        (("account", "none"), ("provider", "messente"), ("status", "401")): 1,
+        (("account", "default"), ("provider", "messente"), ("status", "other")): 1,
+        (("account", "none"), ("provider", "other"), ("status", "404")): 1000,
+    }
+    # Only labels already in bounds are remembered as they came (brand2's 200 and the
+    # unverified 401): the cache stays as small as the series.
+    assert set(metrics._webhook) == {("messente", "brand2", 200), ("messente", None, 401)}
+
+
+def test_counted_labels_outside_their_sets_are_other() -> None:
+    metrics = Metrics({"infobip": ["default"]})
+    metrics.inc("dlr_reports_total", 3, provider="infobip", account="gone", outcome="new")
+    metrics.inc("dlr_reports_total", 1, provider="nope", account="default", outcome="weird")
+    metrics.inc("dlr_retention_deleted_total", 2, kind="made-up")
+    assert _series(metrics, "dlr_reports_total") == {
+        (("account", "other"), ("outcome", "new"), ("provider", "infobip")): 3,
+        (("account", "other"), ("outcome", "other"), ("provider", "other")): 1,
+    }
+    assert _series(metrics, "dlr_retention_deleted_total") == {(("kind", "other"),): 2}
+
+
+def test_a_delay_from_a_clock_behind_is_not_negative() -> None:
+    metrics = Metrics()
+    metrics.observe("dlr_projection_delay_seconds", -5.0)
+    (total,) = _series(metrics, "dlr_projection_delay_seconds_sum").values()
+    assert total == 0

@@ -89,6 +89,7 @@ def document(app: web.Application) -> dict[str, Any]:
         for (model, _), schema in keys.items()
         if isinstance(model, type) and issubclass(model, BaseModel)
     }
+    schemas, refs = _public_names(schemas, refs)
     paths: dict[str, dict[str, Any]] = {}
     for method, path, op in described:
         paths.setdefault(path, {})[method.lower()] = _operation(method, path, op, refs)
@@ -127,6 +128,20 @@ def document(app: web.Application) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _public_names(
+    schemas: dict[str, Any], refs: dict[type[BaseModel], str]
+) -> tuple[dict[str, Any], dict[type[BaseModel], str]]:
+    """Request models are private to their handler module (`_Fields`); the document names
+    them without the underscore, where that name is free."""
+    defs = schemas.get("$defs", {})
+    text = json.dumps(schemas)
+    for name in [n for n in defs if n.startswith("_") and n.lstrip("_") not in defs]:
+        old, new = _REF.format(model=name), _REF.format(model=name.lstrip("_"))
+        text = text.replace(f'"{old}"', f'"{new}"').replace(f'"{name}":', f'"{name.lstrip("_")}":')
+        refs = {model: new if ref == old else ref for model, ref in refs.items()}
+    return json.loads(text), refs
 
 
 def _operation(

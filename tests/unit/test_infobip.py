@@ -31,6 +31,16 @@ def basic(user: str, password: str) -> dict[str, str]:
         ({"Authorization": "Bearer s3cret"}, Verification.BAD),  # wrong scheme
         ({"Authorization": "Basic !!!not-base64"}, Verification.BAD),  # garbage credentials
         ({}, Verification.MISSING),
+        # Other spellings of the right credentials: the header is not compared as text only.
+        (
+            {"Authorization": basic("ib", "s3cret")["Authorization"].replace("Basic", "basic")},
+            Verification.OK,
+        ),
+        (
+            {"Authorization": basic("ib", "s3cret")["Authorization"].replace(" ", "   ")},
+            Verification.OK,
+        ),
+        ({"Authorization": basic("ib", "s3cret")["Authorization"] + "x"}, Verification.BAD),
     ],
 )
 def test_basic_credentials_are_checked(headers: dict[str, str], expected: Verification) -> None:

@@ -12,14 +12,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from receiver import logs, migrate
+from receiver import instants, logs, migrate
 from receiver.app import background_running, create_app, journal_running, projector_running
 from receiver.db import open_pool
 from receiver.embedded import embedded_postgres
@@ -154,9 +154,12 @@ async def _reprocess(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _moment(text: str) -> datetime:
-    """An ISO 8601 time; one without a zone is UTC."""
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    """An ISO 8601 time; one without a zone is UTC. A moment outside years 1-9999 in UTC
+    (`9999-12-31T23:59:59-14:00`) is a usage error, not a traceback from the query."""
+    try:
+        return instants.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time: {exc}") from None
 
 
 async def _freeze_the_heap(app: web.Application) -> None:

@@ -7,19 +7,21 @@ import ctypes
 import gc
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
+from importlib.metadata import version
 
 import asyncpg
 import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from receiver import logs, migrate
+from receiver import logs, migrate, startup
 from receiver.app import background_running, create_app, journal_running, projector_running
 from receiver.db import open_pool
 from receiver.embedded import embedded_postgres
@@ -166,27 +168,46 @@ async def _freeze_the_heap(app: web.Application) -> None:
     gc.freeze()
 
 
-def _serve(settings: Settings) -> None:
+def _supervises(settings: Settings) -> tuple[bool, bool]:
+    """Whether serve runs processes of its own, and whether one of them is the background."""
     background = (
         settings.project_enabled
         or settings.forward_enabled
         or settings.poll_enabled
         or settings.retention_days is not None
     )
-    if settings.workers > 1 or (background and settings.background_process):
-        _supervise(settings, background and settings.background_process)
+    background = background and settings.background_process
+    return settings.workers > 1 or background, background
+
+
+def _serve(settings: Settings, sock: socket.socket) -> None:
+    supervising, background = _supervises(settings)
+    if supervising:
+        sock.close()  # it proved the port free; the workers bind it themselves (SO_REUSEPORT)
+        _supervise(settings, background)
         return
     app = create_app(settings)
     app.on_startup.append(_freeze_the_heap)  # runs after the pool, journal and loops are up
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=None,
-        # Workers share the port; the kernel spreads connections across them.
-        reuse_port=settings.reuse_port or None,
-    )
+    asyncio.run(_run_http(app, sock))
+
+
+async def _run_http(app: web.Application, sock: socket.socket) -> None:
+    """The app on its socket until SIGTERM or SIGINT; then stop accepting, let the requests
+    under way finish (their journal commits too), and close the rest in order: projector
+    batch, deliveries in flight, pool."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        host, port = sock.getsockname()[:2]
+        log.info("serve.listening", url=f"http://{host}:{port}", pid=os.getpid())
+        stopped = asyncio.Event()
+        _stop_on_signals(stopped.set)
+        await stopped.wait()
+        log.info("serve.stopping", pid=os.getpid())
+    finally:
+        await runner.cleanup()
+    log.info("serve.stopped", pid=os.getpid())
 
 
 # What an HTTP worker leaves to the background process.
@@ -259,12 +280,16 @@ def _supervise(settings: Settings, background: bool) -> None:
                 log.error("serve.child_exited", pid=child.pid, code=child.returncode)
                 code = 1
             stop()  # one gone: the service is not whole, so it stops (and is restarted whole)
+    log.info("serve.stopped", code=code)
     if code:
         raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version('dlr-receiver')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP service (migrates first)")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
@@ -290,9 +315,31 @@ def main(argv: list[str] | None = None) -> None:
     again.add_argument("--until", type=_moment, help="received before (ISO 8601)")
     args = parser.parse_args(argv)
 
-    settings = Settings()
+    try:
+        _run(args)
+    except startup.StartupError as exc:
+        logs.flush()
+        print(f"receiver: {exc}", file=sys.stderr)
+        raise SystemExit(exc.code) from None
+
+
+def _run(args: argparse.Namespace) -> None:
+    settings = startup.load_settings()
     logs.configure(settings.log_level)
+    sock = None
+    if args.command == "serve":
+        # Before Postgres starts or migrations run: a taken port says so in a second.
+        supervising, _ = _supervises(settings)
+        sock = startup.listening_socket(
+            settings.host, settings.port, settings.reuse_port or supervising
+        )
     with database(settings) as settings:
+        assert settings.database_url is not None
+        asyncio.run(
+            startup.wait_for_database(
+                settings.database_url.get_secret_value(), settings.database_wait
+            )
+        )
         if args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "forward":
@@ -308,8 +355,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "reprocess":
             asyncio.run(_reprocess(settings, args))
         else:
+            assert sock is not None
             log.info("serve.start", host=settings.host, port=settings.port)
-            _serve(settings)
+            _serve(settings, sock)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 import structlog
 
@@ -10,7 +11,9 @@ from receiver.db import Conn
 
 log = structlog.get_logger()
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
+# The top-level sql/ folder, mapped into the package as receiver.sql at build time (see
+# pyproject.toml): the same files from a wheel, an editable install or a source checkout.
+MIGRATIONS_DIR: Traversable = resources.files("receiver.sql") / "migrations"
 # Any constant works; it only has to be the same in every process migrating this database.
 _LOCK_ID = 0x646C725F6D6967  # "dlr_mig"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -23,13 +26,11 @@ class Migration:
     sql: str
 
 
-def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def load(directory: Traversable = MIGRATIONS_DIR) -> list[Migration]:
     if not directory.is_dir():
-        raise FileNotFoundError(
-            f"no migrations at {directory}: install from a source checkout (pip install -e .)"
-        )
+        raise FileNotFoundError(f"no migrations at {directory}: the package is incomplete")
     found = []
-    for path in sorted(directory.iterdir()):
+    for path in sorted(directory.iterdir(), key=lambda p: p.name):
         match = _NAME.match(path.name)
         if match is None:
             raise ValueError(f"migration file {path.name} is not named NNNN_description.sql")

@@ -1,5 +1,5 @@
 """The command line: `python -m receiver serve | migrate | project | forward | poll | prune |
-reprocess`."""
+reprocess | erase`."""
 
 import argparse
 import asyncio
@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from receiver import logs, migrate, startup
+from receiver import logs, migrate, privacy, startup
 from receiver.app import background_running, create_app, journal_running, projector_running
 from receiver.db import open_pool
 from receiver.embedded import embedded_postgres
@@ -46,11 +46,24 @@ def database(settings: Settings) -> Iterator[Settings]:
         yield settings.model_copy(update={"database_url": SecretStr(url)})
 
 
+def _on_terminal(label: str) -> Callable[[int, int], None] | None:
+    """Progress rewritten in place on stderr when it is a terminal; elsewhere (a log
+    collector) the command's summary line says it all."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        print(f"\r{label}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
 async def _migrate(settings: Settings) -> None:
     assert settings.database_url is not None
     conn = await asyncpg.connect(settings.database_url.get_secret_value())
     try:
-        applied = await migrate.apply(conn)
+        applied = await migrate.apply(conn, progress=_on_terminal("migrate: migrations"))
         log.info("migrate.done", applied=applied)
     finally:
         await conn.close()
@@ -118,7 +131,22 @@ async def _prune(settings: Settings) -> None:
     if settings.retention_days is None:
         raise SystemExit("prune: set RECEIVER_RETENTION_DAYS to say what is old enough to go")
     async with _migrated_pool(settings) as pool:
-        await Retention(pool, settings).prune_once()
+        await Retention(pool, settings).prune_once(progress=_on_terminal("prune: rows deleted"))
+
+
+async def _erase(settings: Settings, args: argparse.Namespace) -> None:
+    """Everything stored about one phone number; the number is never logged."""
+    number = sys.stdin.readline().strip() if args.phone == "-" else args.phone
+    try:
+        privacy.number_digits(number)
+    except privacy.InvalidNumberError as exc:
+        raise startup.StartupError(f"erase: {exc}", startup.CONFIG) from None
+    async with _migrated_pool(settings) as pool:
+        _, found = await privacy.erase(
+            pool, number, dry_run=args.dry_run, progress=_on_terminal("erase: receipts read")
+        )
+    verb = "would erase" if args.dry_run else "erased"
+    print(f"{verb}: " + ", ".join(f"{count} {name}" for name, count in vars(found).items()))
 
 
 async def _reprocess(settings: Settings, args: argparse.Namespace) -> None:
@@ -313,6 +341,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     again.add_argument("--since", type=_moment, help="received at or after (ISO 8601)")
     again.add_argument("--until", type=_moment, help="received before (ISO 8601)")
+    erase = commands.add_parser(
+        "erase", help="erase everything stored about one phone number (--dry-run to count)"
+    )
+    erase.add_argument("phone", help="the number (+372..., 00372... or 372...); - reads stdin")
+    erase.add_argument("--dry-run", action="store_true", help="count what would go; erase none")
     args = parser.parse_args(argv)
 
     try:
@@ -354,6 +387,8 @@ def _run(args: argparse.Namespace) -> None:
             asyncio.run(_background(settings))
         elif args.command == "reprocess":
             asyncio.run(_reprocess(settings, args))
+        elif args.command == "erase":
+            asyncio.run(_erase(settings, args))
         else:
             assert sock is not None
             log.info("serve.start", host=settings.host, port=settings.port)

@@ -1,6 +1,7 @@
 """Forward-only plain-SQL migrations from sql/migrations, applied once under an advisory lock."""
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -41,8 +42,13 @@ def load(directory: Traversable = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-async def apply(conn: Conn, migrations: list[Migration] | None = None) -> list[int]:
-    """Apply what is missing, each in its own transaction; returns the versions applied."""
+async def apply(
+    conn: Conn,
+    migrations: list[Migration] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[int]:
+    """Apply what is missing, each in its own transaction; returns the versions applied.
+    `progress` hears (applied, pending) after each."""
     pending = load() if migrations is None else migrations
     # A session lock, so two processes starting at once take turns instead of both migrating.
     await conn.execute("select pg_advisory_lock($1)", _LOCK_ID)
@@ -58,9 +64,8 @@ async def apply(conn: Conn, migrations: list[Migration] | None = None) -> list[i
         )
         done = {r["version"] for r in await conn.fetch("select version from schema_migrations")}
         applied = []
-        for migration in pending:
-            if migration.version in done:
-                continue
+        todo = [m for m in pending if m.version not in done]
+        for migration in todo:
             async with conn.transaction():
                 await conn.execute(migration.sql)
                 await conn.execute(
@@ -70,6 +75,8 @@ async def apply(conn: Conn, migrations: list[Migration] | None = None) -> list[i
                 )
             log.info("migration.applied", version=migration.version, name=migration.name)
             applied.append(migration.version)
+            if progress is not None:
+                progress(len(applied), len(todo))
         return applied
     finally:
         await conn.execute("select pg_advisory_unlock($1)", _LOCK_ID)

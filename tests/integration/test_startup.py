@@ -19,8 +19,18 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
-from tests.conftest import API_TOKEN, AUTH, MESSENTE_PASSWORD, clean_env, free_port
+from receiver.settings import Settings
+from tests.conftest import (
+    API_TOKEN,
+    AUTH,
+    MESSENTE_PASSWORD,
+    AiohttpClient,
+    clean_env,
+    free_port,
+    make_client,
+)
 from tests.integration.test_resilience import hammer, journaled, until
 from tests.proxy import StallingProxy
 
@@ -270,3 +280,15 @@ async def test_sigterm_under_load_finishes_what_is_under_way_and_exits_0(
     assert stopping  # each HTTP worker said it was stopping
     assert lines[-1]["event"] == "serve.stopped"
     assert lines[-1]["code"] == 0
+
+
+async def test_behind_a_proxy_the_access_line_names_the_forwarded_client(
+    aiohttp_client: AiohttpClient, settings: Settings
+) -> None:
+    client = await make_client(aiohttp_client, settings)
+    with capture_logs() as logged:
+        await client.get("/healthz", headers={"X-Forwarded-For": "203.0.113.7, 10.0.0.2"})
+        await client.get("/healthz", headers={"X-Forwarded-For": "x" * 5000})
+        await client.get("/healthz")
+    lines = [e for e in logged if e["event"] == "http.request"]
+    assert [e.get("forwarded_for") for e in lines] == ["203.0.113.7, 10.0.0.2", "x" * 200, None]

@@ -30,6 +30,7 @@ from tests.conftest import (
     clean_env,
     free_port,
     make_client,
+    with_database,
 )
 from tests.integration.test_resilience import hammer, journaled, until
 from tests.proxy import StallingProxy
@@ -106,7 +107,7 @@ def test_an_unreachable_database_is_retried_then_one_line_without_the_password()
 def test_a_wrong_database_name_is_a_configuration_error_at_once(server_url: str) -> None:
     done = run(
         "migrate",
-        RECEIVER_DATABASE_URL=server_url.rsplit("/", 1)[0] + "/no_such_database_here",
+        RECEIVER_DATABASE_URL=with_database(server_url, "no_such_database_here"),
         RECEIVER_DATABASE_WAIT="600",  # not waited for: waiting cannot make it exist
     )
     assert done.returncode == 2

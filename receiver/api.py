@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import dataclasses
 import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -11,7 +12,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from receiver import instants, phones, queries
+from receiver import instants, phones, privacy, queries
 from receiver.db import connection, is_transient
 from receiver.errors import ApiError, read_body
 from receiver.ingest import queries as ingest_queries
@@ -66,7 +67,9 @@ async def register(request: web.Request) -> web.Response:
     except InvalidReport as exc:
         raise ApiError(400, "invalid_send_response", str(exc)) from exc
 
-    receipt = Receipt(provider.name, "send", body, request.headers.get("Content-Type"))
+    # Parsed from what came; stored without the credentials a send request may carry.
+    stored = privacy.without_credentials(body)
+    receipt = Receipt(provider.name, "send", stored, request.headers.get("Content-Type"))
     position = await request.app[JOURNAL].append(receipt, updates)
     keys = sorted({u.message_key for u in updates})
     # Read-your-writes: the answer lists the messages once the projector has applied them.
@@ -85,6 +88,28 @@ async def register(request: web.Request) -> web.Response:
     return json_response(
         {"receipt_id": str(receipt.id), "messages": [_summary(r) for r in rows], "visible": True},
         status=201,
+    )
+
+
+class _ErasureBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str = Field(max_length=64)
+    dry_run: bool = False
+
+
+async def erase(request: web.Request) -> web.Response:
+    """Everything stored about one phone number: counted (`dry_run`) or removed."""
+    try:
+        parsed = _ErasureBody.model_validate_json(await read_body(request))
+        number = privacy.number_digits(parsed.phone)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_body", describe(exc)) from exc
+    except privacy.InvalidNumberError as exc:
+        raise ApiError(400, "invalid_body", f"phone: {exc}") from exc
+    erasure, found = await privacy.erase(request.app[POOL], number, dry_run=parsed.dry_run)
+    return json_response(
+        {"erasure": erasure, "dry_run": parsed.dry_run, **dataclasses.asdict(found)}
     )
 
 

@@ -48,6 +48,7 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/v1/unmapped", api.list_unmapped),
             web.get("/v1/receipts/problems", api.receipts_with_problems),
             web.get("/v1/receipts/{id}", api.get_receipt),
+            web.post("/v1/erasures", api.erase),
             web.post("/v1/subscriptions", subscriptions.create),
             web.get("/v1/subscriptions", subscriptions.list_all),
             web.get("/v1/subscriptions/{id}", subscriptions.read),

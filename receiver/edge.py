@@ -82,6 +82,11 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "ms": round((time.perf_counter() - started) * 1000, 2),
             "remote": request.remote,
         }
+        # Behind a TLS proxy `remote` is the proxy: the client it names is logged beside it,
+        # as given (the proxy's word, not checked; cut short so a header cannot bloat a line).
+        forwarded = request.headers.get("X-Forwarded-For")
+        if forwarded:
+            fields["forwarded_for"] = forwarded[:200]
         facts = request.get(LOG_FACTS)
         if facts:
             fields.update(facts)

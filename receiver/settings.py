@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     )
 
     database_url: SecretStr | None = None
+    # At start, how long to wait for a database that refuses connections (still coming up,
+    # as beside it in a compose file or a pod) before giving up with one clear line.
+    database_wait: float = Field(default=60.0, ge=0)
     data_dir: Path = Path("receiver-data")
     host: str = "127.0.0.1"
     port: int = 8080

@@ -146,10 +146,11 @@ async def reprocess(
 
 def _parse(row: asyncpg.Record) -> Parsed:
     provider = PROVIDERS.get(row["provider"])
-    if provider is None or provider.parse_webhook is None:
+    parse = provider.report_parser() if provider is not None else None
+    if parse is None:
         return Parsed([], ["a provider this version no longer reads"])
     try:
-        return provider.parse_webhook(row["body"], row["content_type"], row["received_at"])
+        return parse(row["body"], row["content_type"], row["received_at"])
     except InvalidReport as exc:
         return Parsed([], [str(exc)])
 

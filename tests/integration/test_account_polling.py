@@ -2,7 +2,9 @@
 pace, and every message through the account it came by. Two fake provider servers, one per
 account, speak the providers' wire formats over real HTTP."""
 
+import asyncio
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,7 +13,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from receiver.poll import _lock_key, _polling
+from receiver.app import journal_running, projector_running
+from receiver.db import open_pool
+from receiver.poll import Poller, _lock_key, _polling, http_client
 from receiver.providers import infobip, messente
 from receiver.settings import Account, Settings
 from tests.conftest import AUTH, MESSENTE_PASSWORD, AiohttpClient, eventually, make_client
@@ -222,6 +226,52 @@ async def test_each_infobip_account_drains_its_own_queues(
     assert sorted(first.served) == ["d-0", "d-1", "d-2"]
     assert sorted(second.served) == ["ee-0", "ee-1", "ee-2"]
     assert first.unauthorized == second.unauthorized == []
+
+
+async def test_two_pollers_drain_each_account_once_and_never_one_account_at_once(
+    database_url: str, aiohttp_server: Servers, db: asyncpg.Connection
+) -> None:
+    first, second = FakeProviders(), FakeProviders(infobip_key=EE_KEY)
+    first.base = await serve(aiohttp_server, first)  # type: ignore[attr-defined]
+    other = await serve(aiohttp_server, second)
+    settings = poll_settings(
+        database_url,
+        first,
+        accounts={"infobip": {"ee": Account(api_key=SecretStr(EE_KEY), base_url=other)}},
+    )
+    for fake, prefix in [(first, "d"), (second, "ee")]:
+        fake.delay["infobip"] = 0.02
+        fake.infobip["/sms/1/reports"].extend(infobip_report(f"{prefix}-{i}") for i in range(800))
+    done = asyncio.Event()
+
+    async def poller() -> None:
+        async with (
+            open_pool(database_url, 4) as pool,
+            http_client(settings) as session,
+            journal_running(pool, settings) as journal,
+            projector_running(pool, settings),
+        ):
+            instance = Poller(pool, journal, session, settings)
+            task = asyncio.create_task(instance.run())
+            await done.wait()
+            instance.stop()
+            await task
+
+    async def watch() -> None:
+        async def all_stored() -> bool:
+            return bool(await db.fetchval("select count(*) from events") == 1600)
+
+        try:
+            await eventually(all_stored, within=30)
+        finally:
+            done.set()
+
+    await asyncio.gather(poller(), poller(), watch())
+    for fake in (first, second):
+        assert fake.max_in_flight == 1  # one drainer per account at a time
+        assert set(Counter(fake.served).values()) == {1}  # each report handed out once
+    counts = await db.fetch("select account, count(*) from messages group by account")
+    assert {r["account"]: r["count"] for r in counts} == {"default": 800, "ee": 800}
 
 
 def test_each_drained_account_has_its_own_lock_and_one_account_named_twice_has_one() -> None:

@@ -5,6 +5,7 @@ its account, without any change to the route table, webhooks.py or poll.py."""
 
 import io
 import json
+import socket
 import tokenize
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -187,3 +188,41 @@ def test_the_poller_and_the_webhook_route_name_no_provider(module: str) -> None:
             found.append(token.string)
     assert found == []
     assert "assert settings" not in source
+
+
+async def test_an_account_whose_api_has_vanished_does_not_hold_up_the_other(
+    fifth: Provider, api: FakeFifthApi, database_url: str, aiohttp_client: AiohttpClient
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on once closed: connection refused
+        sock.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = make_settings(
+        database_url,
+        forward_enabled=False,
+        poll_min_interval=0.1,
+        poll_max_interval=0.4,
+        poll_timeout=2.0,
+        accounts={
+            "fifth": {
+                "main": Account(
+                    secret=SecretStr(SECRET), api_key=SecretStr(API_KEY), base_url=api.base
+                ),
+                "gone": Account(
+                    secret=SecretStr("gone-secret"), api_key=SecretStr("k"), base_url=gone
+                ),
+            }
+        },
+    )
+    client = await make_client(aiohttp_client, settings)
+    assert (await post(client, report("m-gone"), key="gone-secret")).status == 200
+    assert (await post(client, report("m-ok"))).status == 200
+    api.states["m-ok"] = {"id": "m-ok", "state": "DELIVERED", "at": "2024-05-02T10:00:09Z"}
+
+    async def delivered() -> bool:
+        return bool((await status_of(client, "m-ok"))["status"] == "delivered")
+
+    await eventually(delivered)
+    stuck = await status_of(client, "m-gone")
+    assert (stuck["status"], stuck["account"]) == ("sent", "gone")
+    assert stuck["next_poll_at"] is not None  # polled again later, not dropped
+    assert "m-gone" not in api.calls  # never asked of another account's API

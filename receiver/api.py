@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from receiver import instants, phones, privacy, queries
+from receiver import accounts, instants, phones, privacy, queries
 from receiver.db import connection, is_transient
 from receiver.errors import ApiError, read_body
 from receiver.ingest import queries as ingest_queries
@@ -36,6 +36,8 @@ class _RegistrationBody(BaseModel):
     request: Any | None = None
     reference: str | None = Field(default=None, max_length=500)
     channel: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,49}$")
+    # The provider account the message was sent through: its polls use that account's API.
+    account: str | None = Field(default=None, min_length=1, max_length=100)
 
 
 def _provider(request: web.Request) -> Provider:
@@ -55,6 +57,11 @@ async def register(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_body", describe(exc)) from exc
     if parsed.response is None:
         raise ApiError(400, "invalid_body", "response: the provider's send response is required")
+    if provider.parse_registration is None:
+        raise ApiError(404, "unknown_provider", "no send registration for this provider")
+    settings = request.app[SETTINGS]
+    if parsed.account is not None and not accounts.known(settings, provider.name, parsed.account):
+        raise ApiError(400, "unknown_account", f"no {provider.name} account of that name")
     registration = Registration(
         parsed.response,
         parsed.request,
@@ -69,13 +76,13 @@ async def register(request: web.Request) -> web.Response:
 
     # Parsed from what came; stored without the credentials a send request may carry.
     stored = privacy.without_credentials(body)
-    receipt = Receipt(provider.name, "send", stored, request.headers.get("Content-Type"))
+    receipt = Receipt(
+        provider.name, "send", stored, request.headers.get("Content-Type"), account=parsed.account
+    )
     position = await request.app[JOURNAL].append(receipt, updates)
     keys = sorted({u.message_key for u in updates})
     # Read-your-writes: the answer lists the messages once the projector has applied them.
-    visible = await request.app[PROJECTOR].wait_for(
-        position, request.app[SETTINGS].registration_wait
-    )
+    visible = await request.app[PROJECTOR].wait_for(position, settings.registration_wait)
     if not visible:
         # Durable all the same (journaled); only not yet visible. Registering again is safe.
         log.warning("send.not_yet_visible", provider=provider.name, messages=len(keys))

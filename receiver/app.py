@@ -8,7 +8,7 @@ from typing import Protocol, TypeVar
 import asyncpg
 from aiohttp import web
 
-from receiver import api, migrate, subscriptions, webhooks
+from receiver import accounts, api, migrate, subscriptions, webhooks
 from receiver.db import connection, log_loop_failure, open_pool
 from receiver.edge import edge_middleware
 from receiver.forward import Forwarder, http_client
@@ -19,7 +19,6 @@ from receiver.keys import JOURNAL, METRICS, POOL, PROJECTOR, SETTINGS
 from receiver.metrics import Metrics
 from receiver.poll import Poller
 from receiver.poll import http_client as poll_client
-from receiver.providers import PROVIDERS
 from receiver.retention import Retention
 from receiver.settings import Settings
 
@@ -94,14 +93,21 @@ def make_projector(
         idle_poll=settings.project_idle_poll,
         # Only what a configured account polls is scheduled: a message nobody will poll
         # must not wait in the poll index (and become `stale`) for nothing.
-        polled_providers=[
-            p.name
-            for p in PROVIDERS.values()
-            if p.poll is not None and p.poll_configured is not None and p.poll_configured(settings)
-        ],
+        polled=polled_accounts(settings),
         first_poll_in=settings.poll_min_interval,
         metrics=metrics,
     )
+
+
+def polled_accounts(settings: Settings) -> set[tuple[str, str | None]]:
+    """The (provider, account) pairs whose messages are polled one by one. A message with no
+    account (registered without naming one) is the default account's."""
+    pairs: set[tuple[str, str | None]] = set()
+    for provider, name, _ in accounts.polled(settings):
+        pairs.add((provider.name, name))
+        if name == accounts.DEFAULT:
+            pairs.add((provider.name, None))
+    return pairs
 
 
 @asynccontextmanager

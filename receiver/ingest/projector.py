@@ -10,7 +10,7 @@ rows behind it.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 
@@ -65,14 +65,15 @@ class Projector:
         *,
         max_updates: int = 5000,
         idle_poll: float = 0.5,
-        polled_providers: Sequence[str] = (),
+        # (provider, account) pairs whose new unfinished messages are scheduled for polls.
+        polled: Collection[tuple[str, str | None]] = (),
         first_poll_in: float = 30.0,
         metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
         self._max_updates = max_updates
         self._idle_poll = idle_poll
-        self._polled_providers = tuple(polled_providers)
+        self._polled = frozenset(polled)
         self._first_poll_in = first_poll_in
         self._metrics = metrics or Metrics()
         self._wake = asyncio.Event()
@@ -280,7 +281,7 @@ class Projector:
         return await apply(
             conn,
             [(row.entry, row.updates or ()) for row in rows],
-            self._polled_providers,
+            self._polled,
             self._first_poll_in,
         )
 
@@ -367,12 +368,11 @@ def _parse(record: asyncpg.Record, position: tuple[int, int], entry: Entry) -> _
     """A body journaled unparsed: read now, with the parser of its provider. What it cannot
     read is written to the receipt's problem, as the request path would have."""
     provider = PROVIDERS.get(record["provider"])
-    if provider is None or provider.parse_webhook is None:
+    parse = provider.report_parser() if provider is not None else None
+    if parse is None:
         return _Row(position, entry, record["provider"], None, "no parser for this provider")
     try:
-        parsed = provider.parse_webhook(
-            record["body"], record["content_type"], record["received_at"]
-        )
+        parsed = parse(record["body"], record["content_type"], record["received_at"])
     except InvalidReport as exc:
         parsed = Parsed([], [str(exc)])
     except Exception as exc:

@@ -1,0 +1,100 @@
+"""The console's own SQL: what no API route answers (subscription health, the dashboard).
+Lookups go through the API's queries (receiver/queries.py), so both show the same."""
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+
+from receiver.db import Conn
+
+
+async def subscription_health(conn: Conn, since: datetime) -> dict[uuid.UUID, asyncpg.Record]:
+    """Per subscription: attempts since `since` and how many succeeded, its last failed
+    attempt, and its pending and dead deliveries."""
+    rows = await conn.fetch(
+        """
+        select s.id,
+               (select count(*) from deliveries d join delivery_attempts a on a.delivery_id = d.id
+                where d.subscription_id = s.id and a.attempted_at >= $1) as attempts,
+               (select count(*) from deliveries d join delivery_attempts a on a.delivery_id = d.id
+                where d.subscription_id = s.id and a.attempted_at >= $1
+                  and a.status_code between 200 and 299) as succeeded,
+               last_failure.attempted_at as last_error_at,
+               last_failure.status_code as last_error_status,
+               last_failure.error as last_error,
+               (select count(*) from deliveries d
+                where d.subscription_id = s.id and d.state = 'pending') as pending,
+               (select count(*) from deliveries d
+                where d.subscription_id = s.id and d.state = 'dead') as dead
+        from subscriptions s
+        left join lateral (
+            -- The newest attempt that did not succeed, among the newest deliveries (by the
+            -- subscription's index), so a long history is not read for one line.
+            select a.attempted_at, a.status_code, a.error
+            from (select id from deliveries d where d.subscription_id = s.id
+                  order by created_at desc, id desc limit 500) d
+            join delivery_attempts a on a.delivery_id = d.id
+            where a.status_code is null or a.status_code not between 200 and 299
+            order by a.attempted_at desc limit 1
+        ) last_failure on true
+        """,
+        since,
+    )
+    return {r["id"]: r for r in rows}
+
+
+async def reports_per_minute(conn: Conn, minutes: int) -> list[asyncpg.Record]:
+    """Events stored per provider and minute over the last `minutes` (`ago` 0 is this one)."""
+    return await conn.fetch(
+        """
+        select provider,
+               floor(extract(epoch from now() - received_at) / 60)::int as ago,
+               count(*) as n
+        from events
+        where received_at >= now() - make_interval(mins => $1)
+        group by 1, 2
+        """,
+        minutes,
+    )
+
+
+async def delivery_stats(conn: Conn, since: datetime) -> list[asyncpg.Record]:
+    """Messages first seen since `since`, per provider and channel: how many, how many were
+    delivered (or read) and failed, and the median seconds from send to delivery."""
+    return await conn.fetch(
+        """
+        select m.provider, coalesce(m.channel, '') as channel, count(*) as total,
+               count(*) filter (where m.status in ('delivered', 'read')) as delivered,
+               count(*) filter (where m.status in ('failed', 'expired', 'rejected'))
+                   as failed,
+               percentile_cont(0.5) within group (order by greatest(0, extract(epoch from
+                   d.at - coalesce(m.registered_at, m.created_at))))::float8 as median_seconds
+        from messages m
+        left join lateral (
+            select min(coalesce(e.occurred_at, e.received_at)) as at from events e
+            where e.provider = m.provider and e.message_key = m.key
+              and e.status in ('delivered', 'read')
+        ) d on true
+        where m.created_at >= $1
+        group by 1, 2
+        order by 1, 2
+        """,
+        since,
+    )
+
+
+async def message_deliveries(conn: Conn, provider: str, key: str) -> list[asyncpg.Record]:
+    """Every delivery of a message's status changes, to any subscription, newest first."""
+    return await conn.fetch(
+        """
+        select d.id, d.subscription_id, s.url, s.description, d.seq, d.status, d.state,
+               d.attempts, d.last_status, d.last_error, d.created_at, d.delivered_at
+        from deliveries d join subscriptions s on s.id = d.subscription_id
+        where d.provider = $1 and d.message_key = $2
+        order by d.created_at desc, d.id desc
+        limit 200
+        """,
+        provider,
+        key,
+    )

@@ -3,6 +3,7 @@ the real webhook and registration routes."""
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -104,15 +105,18 @@ async def failover_message(client: Client) -> None:
         headers=AUTH,
     )
     assert resp.status == 201, await resp.text()
+    # Provider times just after the registration (Messente's are UTC without a zone).
+    sent = datetime.now(UTC).replace(tzinfo=None)
     await messente_report(
         client,
         "viber-1",
         "viber",
         "EXPIRED",
-        "2024-05-02T10:00:05",
+        (sent + timedelta(seconds=2)).isoformat(),
         err=2,
         error="Sending message expired",
     )
     await projected(client.app)
-    await messente_report(client, "sms-1", "sms", "DELIVRD", "2024-05-02T10:00:09")
+    delivered_at = (sent + timedelta(seconds=4)).isoformat()
+    await messente_report(client, "sms-1", "sms", "DELIVRD", delivered_at)
     await projected(client.app)

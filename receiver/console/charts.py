@@ -3,7 +3,7 @@ Every text that goes into them is escaped here (values from reports included).""
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from markupsafe import Markup, escape
 
@@ -94,6 +94,10 @@ def lines(series: Mapping[str, Sequence[int]], label: str, unit: str) -> Markup:
     return _svg(width, height + 20, label, body)
 
 
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 @dataclass(frozen=True, slots=True)
 class Point:
     at: datetime
@@ -134,7 +138,7 @@ def timeline(lanes: Sequence[tuple[str, Sequence[Point]]], label: str) -> Markup
             )
     height = 40 * len(lanes) + 40
     body.append(
-        f'<text x="{left}" y="{height - 5}" class="label">{escape(first.isoformat(" ", "seconds"))}'
+        f'<text x="{left}" y="{height - 5}" class="label">{escape(_utc(first))}'
         f'</text><text x="{width - 20}" y="{height - 5}" text-anchor="end" class="label">'
         f"{escape(last.isoformat(' ', 'seconds'))}</text>"
     )

@@ -45,14 +45,15 @@ async def subscription_health(conn: Conn, since: datetime) -> dict[uuid.UUID, as
 
 
 async def reports_per_minute(conn: Conn, minutes: int) -> list[asyncpg.Record]:
-    """Events stored per provider and minute over the last `minutes` (`ago` 0 is this one)."""
+    """Reports (webhook and polled events, not send registrations) stored per provider and
+    minute over the last `minutes` (`ago` 0 is this one)."""
     return await conn.fetch(
         """
         select provider,
                floor(extract(epoch from now() - received_at) / 60)::int as ago,
                count(*) as n
         from events
-        where received_at >= now() - make_interval(mins => $1)
+        where received_at >= now() - make_interval(mins => $1) and source <> 'send'
         group by 1, 2
         """,
         minutes,
@@ -60,21 +61,31 @@ async def reports_per_minute(conn: Conn, minutes: int) -> list[asyncpg.Record]:
 
 
 async def delivery_stats(conn: Conn, since: datetime) -> list[asyncpg.Record]:
-    """Messages first seen since `since`, per provider and channel: how many, how many were
-    delivered (or read) and failed, and the median seconds from send to delivery."""
+    """Messages first seen since `since`, per provider and channel attempt (a failover counts
+    once for viber, failed, and once for sms, delivered; a message without attempts under its
+    channel): how many, how many were delivered (or read) and failed, and the median seconds
+    from the send (or first sight) to that channel's delivery."""
     return await conn.fetch(
         """
-        select m.provider, coalesce(m.channel, '') as channel, count(*) as total,
-               count(*) filter (where m.status in ('delivered', 'read')) as delivered,
-               count(*) filter (where m.status in ('failed', 'expired', 'rejected'))
-                   as failed,
+        select m.provider, coalesce(a->>'channel', m.channel, '') as channel,
+               count(*) as total,
+               count(*) filter (where coalesce(a->>'status', m.status) in ('delivered', 'read'))
+                   as delivered,
+               count(*) filter (
+                   where coalesce(a->>'status', m.status) in ('failed', 'expired', 'rejected')
+               ) as failed,
                percentile_cont(0.5) within group (order by greatest(0, extract(epoch from
                    d.at - coalesce(m.registered_at, m.created_at))))::float8 as median_seconds
         from messages m
+        -- One row per attempt; `[null]` gives a message without attempts one row too.
+        cross join lateral jsonb_array_elements(
+            case when jsonb_array_length(m.attempts) > 0 then m.attempts else '[null]' end
+        ) a
         left join lateral (
             select min(coalesce(e.occurred_at, e.received_at)) as at from events e
             where e.provider = m.provider and e.message_key = m.key
               and e.status in ('delivered', 'read')
+              and (a->>'channel' is null or e.channel = a->>'channel')
         ) d on true
         where m.created_at >= $1
         group by 1, 2

@@ -465,3 +465,23 @@ async def test_two_replays_of_one_delivery_at_once_queue_it_once(
     await eventually(delivered)
     assert await db.fetchval("select count(*) from deliveries") == 1
     assert subscriber.ok_ids().most_common(1)[0][1] <= 2  # at least once, never a new delivery
+
+
+async def test_the_dashboard_counts_each_channel_attempt_and_escapes_what_reports_name(
+    console: Client,
+) -> None:
+    await failover_message(console)
+    # A channel name is the provider's text too: it reaches the SVG charts.
+    await messente_report(
+        console, "odd-1", "<i>x</i>", "DELIVRD", "2024-05-02T10:00:00", omni="omni-odd"
+    )
+    await projected(console.app)
+    await sign_in(console)
+    page = await (await console.get("/console")).text()
+    assert "messente viber" in page
+    assert "0.0% of 1" in page  # viber: expired
+    assert "100.0% of 1" in page  # sms, after the failover
+    assert "<i>x</i>" not in page
+    assert "messente &lt;i&gt;x&lt;/i&gt;" in page
+    # Three reports in the last hour, in the legend (the registration is not a report).
+    assert "messente (3)" in page

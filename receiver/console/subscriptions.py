@@ -49,11 +49,9 @@ def _health(row: Any) -> dict[str, Any]:
     rate = row["succeeded"] / row["attempts"] if row["attempts"] else None
     last_error = None
     if row["last_error_at"] is not None:
-        status = f"HTTP {row['last_error_status']}" if row["last_error_status"] else ""
-        last_error = {
-            "at": row["last_error_at"],
-            "text": " ".join(p for p in (status, row["last_error"] or "") if p),
-        }
+        # The forwarder's error names the HTTP answer when there was one; else the status.
+        text = row["last_error"] or f"HTTP {row['last_error_status']}"
+        last_error = {"at": row["last_error_at"], "text": text}
     return {
         "attempts": row["attempts"],
         "rate": rate,

@@ -54,9 +54,9 @@ async def console(database_url: str, aiohttp_client: AiohttpClient) -> Client:
     return client
 
 
-async def shot(page: Any, name: str) -> None:
+async def shot(page: Any, name: str, full_page: bool = True) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
 
 async def test_a_support_person_answers_did_my_sms_arrive_and_was_the_crm_told(
@@ -124,6 +124,7 @@ async def test_a_support_person_answers_did_my_sms_arrive_and_was_the_crm_told(
     await page.goto(f"{base}/messages/messente/{OMNI}")
     assert "delivered" in await page.get_by_role("row").filter(has_text="CRM").inner_text()
     await shot(page, "06-message-told")
+    await shot(page, "06-message-told-top", full_page=False)  # small enough for the README
 
     await page.goto(base)
     assert await page.locator("svg.chart").count() >= 3

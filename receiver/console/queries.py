@@ -9,17 +9,21 @@ import asyncpg
 from receiver.db import Conn
 
 
-async def subscription_health(conn: Conn, since: datetime) -> dict[uuid.UUID, asyncpg.Record]:
-    """Per subscription: attempts since `since` and how many succeeded, its last failed
-    attempt, and its pending and dead deliveries."""
+async def subscription_health(
+    conn: Conn, since: datetime, only: uuid.UUID | None = None
+) -> dict[uuid.UUID, asyncpg.Record]:
+    """Per subscription (or only one): attempts since `since` and how many succeeded, its
+    last failed attempt, and its pending and dead deliveries."""
     rows = await conn.fetch(
         """
-        select s.id,
-               (select count(*) from deliveries d join delivery_attempts a on a.delivery_id = d.id
-                where d.subscription_id = s.id and a.attempted_at >= $1) as attempts,
-               (select count(*) from deliveries d join delivery_attempts a on a.delivery_id = d.id
-                where d.subscription_id = s.id and a.attempted_at >= $1
-                  and a.status_code between 200 and 299) as succeeded,
+        with recent as (
+            select d.subscription_id, count(*) as attempts,
+                   count(*) filter (where a.status_code between 200 and 299) as succeeded
+            from delivery_attempts a join deliveries d on d.id = a.delivery_id
+            where a.attempted_at >= $1 and ($2::uuid is null or d.subscription_id = $2)
+            group by d.subscription_id
+        )
+        select s.id, coalesce(r.attempts, 0) as attempts, coalesce(r.succeeded, 0) as succeeded,
                last_failure.attempted_at as last_error_at,
                last_failure.status_code as last_error_status,
                last_failure.error as last_error,
@@ -28,6 +32,7 @@ async def subscription_health(conn: Conn, since: datetime) -> dict[uuid.UUID, as
                (select count(*) from deliveries d
                 where d.subscription_id = s.id and d.state = 'dead') as dead
         from subscriptions s
+        left join recent r on r.subscription_id = s.id
         left join lateral (
             -- The newest attempt that did not succeed, among the newest deliveries (by the
             -- subscription's index), so a long history is not read for one line.
@@ -38,8 +43,10 @@ async def subscription_health(conn: Conn, since: datetime) -> dict[uuid.UUID, as
             where a.status_code is null or a.status_code not between 200 and 299
             order by a.attempted_at desc limit 1
         ) last_failure on true
+        where $2::uuid is null or s.id = $2
         """,
         since,
+        only,
     )
     return {r["id"]: r for r in rows}
 

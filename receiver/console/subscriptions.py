@@ -2,6 +2,7 @@
 letters, and the buttons: replay one or a range, enable, disable, rotate the secret. Each
 button does what its API route does, through the same functions."""
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +34,15 @@ def _back(request: web.Request, notice: str) -> web.Response:
     get: reloading the page does not press the button again)."""
     url = request.app.router["console_subscription"].url_for(id=request.match_info["id"])
     return web.Response(status=303, headers={"Location": str(url.with_query(done=notice))})
+
+
+# What the buttons say they did. Only these are shown: a link with any other `done` would
+# let someone else's page put words of its choosing into ours.
+_NOTICES = re.compile(r"(enabled|disabled|replayed [0-9]{1,9} deliver(y|ies))")
+
+
+def _notice(given: str) -> str:
+    return given if _NOTICES.fullmatch(given) else ""
 
 
 async def index(request: web.Request) -> web.Response:
@@ -78,7 +88,9 @@ async def detail(request: web.Request) -> web.Response:
         row = await forward_queries.get_subscription(conn, subscription_id)
         if row is None:
             raise ApiError(404, "not_found", "no such subscription")
-        health = await console_queries.subscription_health(conn, datetime.now(UTC) - _RECENT)
+        health = await console_queries.subscription_health(
+            conn, datetime.now(UTC) - _RECENT, subscription_id
+        )
         deliveries = await forward_queries.list_deliveries(
             conn, subscription_id, state, after, _PAGE
         )
@@ -94,7 +106,7 @@ async def detail(request: web.Request) -> web.Response:
             "deliveries": [subscriptions.delivery_view(d) for d in deliveries],
             "state": state,
             "next_cursor": next_cursor,
-            "done": request.query.get("done", "")[:200],
+            "done": _notice(request.query.get("done", "")),
         },
     )
 
@@ -149,7 +161,7 @@ async def replay_range(request: web.Request) -> web.Response:
                 raise ApiError(400, "invalid_body", f"{name}: not a date and time") from exc
     async with connection(request.app[POOL]) as conn:
         count = await subscriptions.replay(conn, _id(request), window["since"], window["until"])
-    return _back(request, f"replayed {count} deliveries")
+    return _back(request, f"replayed {count} deliver{'y' if count == 1 else 'ies'}")
 
 
 async def replay_one(request: web.Request) -> web.Response:

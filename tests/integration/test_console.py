@@ -3,6 +3,8 @@ session, CSRF on every button, scopes as the API has them, markup from a report 
 text, and hostile input answered with a page, never a 500."""
 
 import asyncio
+import html
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -485,3 +487,25 @@ async def test_the_dashboard_counts_each_channel_attempt_and_escapes_what_report
     assert "messente &lt;i&gt;x&lt;/i&gt;" in page
     # Three reports in the last hour, in the legend (the registration is not a report).
     assert "messente (3)" in page
+
+
+async def test_search_results_come_in_pages_each_message_once(console: Client) -> None:
+    for n in range(52):
+        await messente_report(
+            console, f"p-{n}", "sms", "DELIVRD", "2024-05-02T10:00:00", omni=f"page-{n:02d}"
+        )
+    await projected(console.app)
+    await sign_in(console)
+    first = await (
+        await console.get("/console/messages", params={"recipient": "+37255555555"})
+    ).text()
+    links = re.findall(r'href="/console/messages/messente/(page-\d+)"', first)
+    assert len(links) == 50
+    found = re.search(r'href="(/console/messages\?[^"]+)" rel="next"', first)
+    assert found is not None
+    second = await (await console.get(html.unescape(found[1]))).text()
+    rest = re.findall(r'href="/console/messages/messente/(page-\d+)"', second)
+    assert len(rest) == 2
+    assert 'rel="next"' not in second
+    everything = links + rest
+    assert sorted(everything) == sorted(f"page-{n:02d}" for n in range(52))  # each once

@@ -4,6 +4,7 @@ import base64
 import binascii
 import dataclasses
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from receiver import accounts, instants, phones, privacy, queries
-from receiver.db import connection, is_transient
+from receiver.db import Conn, connection, is_transient
 from receiver.errors import ApiError, read_body
 from receiver.ingest import queries as ingest_queries
 from receiver.instants import Instant
@@ -123,33 +124,40 @@ async def erase(request: web.Request) -> web.Response:
 async def get_message(request: web.Request) -> web.Response:
     provider = _provider(request)
     async with connection(request.app[POOL]) as conn:
-        row = await queries.find_message(conn, provider.name, request.match_info["id"])
-        if row is None:
-            raise ApiError(404, "message_not_found", "no message with this id")
-        aliases = await queries.message_aliases(conn, provider.name, row["key"])
-        events = await queries.message_events(conn, provider.name, row["key"])
-    return json_response(
-        {
-            **_summary(row),
-            "status_at": row["status_at"],
-            "channel": row["channel"],
-            "recipient": row["recipient"],
-            "reference": row["reference"],
-            "group": row["group_key"],
-            "account": row["account"],
-            "aliases": aliases,
-            "channel_order": row["channel_order"],
-            "attempts": row["attempts"],
-            "seq": row["seq"],
-            # Polling gave up on it (past RECEIVER_POLL_MAX_AGE): its status is the last known.
-            "stale": row["stale"],
-            "next_poll_at": row["next_poll_at"],
-            "registered_at": row["registered_at"],
-            "created_at": row["created_at"],
-            "updated_at": row["updated_at"],
-            "events": [_event(e) for e in events],
-        }
-    )
+        view = await message_view(conn, provider.name, request.match_info["id"])
+    if view is None:
+        raise ApiError(404, "message_not_found", "no message with this id")
+    return json_response(view)
+
+
+async def message_view(conn: Conn, provider: str, id_: str) -> dict[str, Any] | None:
+    """A message with its timeline, as GET /v1/messages/{provider}/{id} answers it (and the
+    console shows it); None when there is no such message."""
+    row = await queries.find_message(conn, provider, id_)
+    if row is None:
+        return None
+    aliases = await queries.message_aliases(conn, provider, row["key"])
+    events = await queries.message_events(conn, provider, row["key"])
+    return {
+        **_summary(row),
+        "status_at": row["status_at"],
+        "channel": row["channel"],
+        "recipient": row["recipient"],
+        "reference": row["reference"],
+        "group": row["group_key"],
+        "account": row["account"],
+        "aliases": aliases,
+        "channel_order": row["channel_order"],
+        "attempts": row["attempts"],
+        "seq": row["seq"],
+        # Polling gave up on it (past RECEIVER_POLL_MAX_AGE): its status is the last known.
+        "stale": row["stale"],
+        "next_poll_at": row["next_poll_at"],
+        "registered_at": row["registered_at"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "events": [_event(e) for e in events],
+    }
 
 
 async def list_unmapped(request: web.Request) -> web.Response:
@@ -169,7 +177,15 @@ class _ProblemQuery(BaseModel):
 
 async def receipts_with_problems(request: web.Request) -> web.Response:
     """Request bodies that kept something unread: what `reprocess` would read again."""
-    query = _query(request, _ProblemQuery)
+    arguments = problems_arguments(request.query)
+    async with connection(request.app[POOL]) as conn:
+        view = await problems_view(conn, arguments)
+    return json_response(view)
+
+
+def problems_arguments(params: Mapping[str, str]) -> dict[str, Any]:
+    """GET /v1/receipts/problems's query as queries.receipts_with_problems's arguments."""
+    query = _validated(params, _ProblemQuery)
     if query.provider is not None and query.provider not in PROVIDERS:
         raise ApiError(400, "invalid_query", f"unknown provider {query.provider!r}")
     after = None
@@ -179,14 +195,15 @@ async def receipts_with_problems(request: web.Request) -> web.Response:
             after = (instants.parse(received), uuid.UUID(receipt_id))
         except (TypeError, ValueError) as exc:
             raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
-    async with connection(request.app[POOL]) as conn:
-        rows = await queries.receipts_with_problems(
-            conn, provider=query.provider, since=query.since, after=after, limit=query.limit
-        )
+    return {"provider": query.provider, "since": query.since, "after": after, "limit": query.limit}
+
+
+async def problems_view(conn: Conn, arguments: dict[str, Any]) -> dict[str, Any]:
+    rows = await queries.receipts_with_problems(conn, **arguments)
     next_cursor = None
-    if len(rows) == query.limit:
+    if len(rows) == arguments["limit"]:
         next_cursor = _encode_cursor([rows[-1]["received_at"], rows[-1]["id"]])
-    return json_response({"receipts": [dict(r) for r in rows], "next_cursor": next_cursor})
+    return {"receipts": [dict(r) for r in rows], "next_cursor": next_cursor}
 
 
 async def get_receipt(request: web.Request) -> web.Response:
@@ -196,33 +213,38 @@ async def get_receipt(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise ApiError(404, "receipt_not_found", "no such receipt") from exc
     async with connection(request.app[POOL]) as conn:
-        row = await queries.receipt(conn, receipt_id)
-        if row is None:
-            raise ApiError(404, "receipt_not_found", "no such receipt")
-        events = await queries.receipt_events(conn, receipt_id)
+        view = await receipt_view(conn, receipt_id)
+    if view is None:
+        raise ApiError(404, "receipt_not_found", "no such receipt")
+    return json_response(view)
+
+
+async def receipt_view(conn: Conn, receipt_id: uuid.UUID) -> dict[str, Any] | None:
+    row = await queries.receipt(conn, receipt_id)
+    if row is None:
+        return None
+    events = await queries.receipt_events(conn, receipt_id)
     body: bytes = row["body"]
     try:
         text: str | None = body.decode()
     except UnicodeDecodeError:
         text = None
-    return json_response(
-        {
-            **{k: row[k] for k in ("id", "provider", "source", "received_at", "content_type")},
-            "problem": row["problem"],
-            "body": text,  # null when the bytes are not UTF-8: see body_base64
-            "body_base64": base64.b64encode(body).decode(),
-            "events": [
-                {
-                    "message_id": e["message_key"],
-                    "status": e["status"],
-                    "provider_status": e["provider_status"],
-                    "channel": e["channel"],
-                    "occurred_at": e["occurred_at"],
-                }
-                for e in events
-            ],
-        }
-    )
+    return {
+        **{k: row[k] for k in ("id", "provider", "source", "received_at", "content_type")},
+        "problem": row["problem"],
+        "body": text,  # null when the bytes are not UTF-8: see body_base64
+        "body_base64": base64.b64encode(body).decode(),
+        "events": [
+            {
+                "message_id": e["message_key"],
+                "status": e["status"],
+                "provider_status": e["provider_status"],
+                "channel": e["channel"],
+                "occurred_at": e["occurred_at"],
+            }
+            for e in events
+        ],
+    }
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -303,14 +325,27 @@ def _decode_cursor(cursor: str) -> Any:
 
 
 def _query(request: web.Request, model: type[_Q]) -> _Q:
+    return _validated(request.query, model)
+
+
+def _validated(params: Mapping[str, str], model: type[_Q]) -> _Q:
     try:
-        return model.model_validate(dict(request.query))
+        return model.model_validate(dict(params))
     except ValidationError as exc:
         raise ApiError(400, "invalid_query", describe(exc)) from exc
 
 
 async def search_messages(request: web.Request) -> web.Response:
-    query = _query(request, _SearchQuery)
+    arguments = search_arguments(request.query)
+    async with connection(request.app[POOL]) as conn:
+        view = await search_view(conn, arguments)
+    return json_response(view)
+
+
+def search_arguments(params: Mapping[str, str]) -> dict[str, Any]:
+    """GET /v1/messages's query as queries.search_messages's arguments (ApiError for a bad
+    one): the console searches with the same."""
+    query = _validated(params, _SearchQuery)
     statuses = None
     if query.status:
         statuses = [s.strip() for s in query.status.split(",") if s.strip()]
@@ -327,24 +362,26 @@ async def search_messages(request: web.Request) -> web.Response:
             after = (instants.parse(created), _cursor_text(provider), _cursor_text(key))
         except (TypeError, ValueError) as exc:
             raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
-    async with connection(request.app[POOL]) as conn:
-        rows = await queries.search_messages(
-            conn,
-            recipient=phones.spellings(query.recipient) if query.recipient else None,
-            account=query.account,
-            statuses=statuses,
-            provider=query.provider,
-            since=query.since,
-            until=query.until,
-            after=after,
-            limit=query.limit,
-            reference=query.reference,
-        )
+    return {
+        "recipient": phones.spellings(query.recipient) if query.recipient else None,
+        "account": query.account,
+        "statuses": statuses,
+        "provider": query.provider,
+        "since": query.since,
+        "until": query.until,
+        "after": after,
+        "limit": query.limit,
+        "reference": query.reference,
+    }
+
+
+async def search_view(conn: Conn, arguments: dict[str, Any]) -> dict[str, Any]:
+    rows = await queries.search_messages(conn, **arguments)
     next_cursor = None
-    if len(rows) == query.limit:
+    if len(rows) == arguments["limit"]:
         last = rows[-1]
         next_cursor = _encode_cursor([last["created_at"], last["provider"], last["key"]])
-    return json_response({"messages": [_listed(r) for r in rows], "next_cursor": next_cursor})
+    return {"messages": [_listed(r) for r in rows], "next_cursor": next_cursor}
 
 
 class _GroupQuery(BaseModel):
@@ -357,24 +394,37 @@ class _GroupQuery(BaseModel):
 async def get_group(request: web.Request) -> web.Response:
     provider = _provider(request)
     group = request.match_info["id"]
-    query = _query(request, _GroupQuery)
-    after = str(_decode_cursor(query.cursor)) if query.cursor else None
+    after, limit = group_query(request.query)
     async with connection(request.app[POOL]) as conn:
-        counts = await queries.group_counts(conn, provider.name, group)
-        if not counts:
-            raise ApiError(404, "group_not_found", "no messages in this group")
-        rows = await queries.group_members(conn, provider.name, group, after, query.limit)
-    next_cursor = _encode_cursor(rows[-1]["key"]) if len(rows) == query.limit else None
-    return json_response(
-        {
-            "provider": provider.name,
-            "id": group,
-            "total": sum(counts.values()),
-            "counts": counts,
-            "members": [_listed(r) for r in rows],
-            "next_cursor": next_cursor,
-        }
-    )
+        view = await group_view(conn, provider.name, group, after, limit)
+    if view is None:
+        raise ApiError(404, "group_not_found", "no messages in this group")
+    return json_response(view)
+
+
+def group_query(params: Mapping[str, str]) -> tuple[str | None, int]:
+    """GET /v1/groups/...'s `cursor` (decoded: the last key seen) and `limit`, checked."""
+    query = _validated(params, _GroupQuery)
+    return (str(_decode_cursor(query.cursor)) if query.cursor else None), query.limit
+
+
+async def group_view(
+    conn: Conn, provider: str, group: str, after: str | None, limit: int
+) -> dict[str, Any] | None:
+    """A group's counts per status and a page of its members; None when it has none."""
+    counts = await queries.group_counts(conn, provider, group)
+    if not counts:
+        return None
+    rows = await queries.group_members(conn, provider, group, after, limit)
+    next_cursor = _encode_cursor(rows[-1]["key"]) if len(rows) == limit else None
+    return {
+        "provider": provider,
+        "id": group,
+        "total": sum(counts.values()),
+        "counts": counts,
+        "members": [_listed(r) for r in rows],
+        "next_cursor": next_cursor,
+    }
 
 
 def _listed(row: asyncpg.Record) -> dict[str, Any]:

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     background_nice: int = Field(default=10, ge=0, le=19)
     reuse_port: bool = False
     api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    # The console's session cookies are signed with this. Unset: derived from the API tokens,
+    # so every worker process (and every instance with the same tokens) agrees on it.
+    console_secret: SecretStr | None = None
+    console_session_seconds: float = Field(default=12 * 3600, gt=0, le=30 * 86400)
     log_level: str = "info"
 
     messente_api_username: str | None = None

@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from receiver import broker_url, forward_queries, instants
-from receiver.db import connection
+from receiver.db import Conn, connection
 from receiver.errors import ApiError, read_body
 from receiver.forward import new_secret
 from receiver.instants import Instant
@@ -206,24 +206,30 @@ async def delete(request: web.Request) -> web.Response:
 
 async def rotate_secret(request: web.Request) -> web.Response:
     rotate = await _body(request, _Rotate)
-    secret = new_secret()
-    subscription_id = _id(request)
     async with connection(request.app[POOL]) as conn:
-        row = await forward_queries.rotate_secret(
-            conn, subscription_id, secret, rotate.grace_seconds, _MOST_OLD_SECRETS
+        view = await rotated(conn, _id(request), rotate.grace_seconds)
+    return json_response(view)
+
+
+async def rotated(conn: Conn, subscription_id: uuid.UUID, grace_seconds: float) -> dict[str, Any]:
+    """A new secret for a subscription (in its view, shown once): the API's and the console's
+    rotation. ApiError 404 for no such subscription, 409 with too many old secrets."""
+    secret = new_secret()
+    row = await forward_queries.rotate_secret(
+        conn, subscription_id, secret, grace_seconds, _MOST_OLD_SECRETS
+    )
+    if row is None:
+        current = await forward_queries.get_subscription(conn, subscription_id)
+        if current is None:
+            raise ApiError(404, "not_found", "no such subscription")
+        expiries = _view(current)["previous_secrets_expire_at"]
+        clears = f"; the first stops signing at {expiries[0].isoformat()}" if expiries else ""
+        raise ApiError(
+            409,
+            "too_many_secrets",
+            f"{_MOST_OLD_SECRETS} earlier secrets are still in their grace period{clears}",
         )
-        if row is None:
-            current = await forward_queries.get_subscription(conn, subscription_id)
-            if current is None:
-                raise ApiError(404, "not_found", "no such subscription")
-            expiries = _view(current)["previous_secrets_expire_at"]
-            clears = f"; the first stops signing at {expiries[0].isoformat()}" if expiries else ""
-            raise ApiError(
-                409,
-                "too_many_secrets",
-                f"{_MOST_OLD_SECRETS} earlier secrets are still in their grace period{clears}",
-            )
-    return json_response(_view(row, secret))
+    return _view(row, secret)
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
@@ -276,12 +282,26 @@ async def replay_range(request: web.Request) -> web.Response:
     subscription_id = _id(request)
     window = await _body(request, _ReplayRange)
     async with connection(request.app[POOL]) as conn:
-        if await forward_queries.get_subscription(conn, subscription_id) is None:
-            raise ApiError(404, "not_found", "no such subscription")
-        count = await forward_queries.replay_range(
-            conn, subscription_id, window.since, window.until
-        )
+        count = await replay(conn, subscription_id, window.since, window.until)
     return json_response({"replayed": count}, status=202)
+
+
+async def replay(
+    conn: Conn, subscription_id: uuid.UUID, since: datetime | None, until: datetime | None
+) -> int:
+    """Replay a subscription's range [since, until): the API's and the console's."""
+    if await forward_queries.get_subscription(conn, subscription_id) is None:
+        raise ApiError(404, "not_found", "no such subscription")
+    return await forward_queries.replay_range(conn, subscription_id, since, until)
+
+
+def view(row: asyncpg.Record) -> dict[str, Any]:
+    """A subscription as the API shows it (no secrets): what the console shows too."""
+    return _view(row)
+
+
+def delivery_view(row: asyncpg.Record) -> dict[str, Any]:
+    return _delivery(row)
 
 
 def _delivery(row: asyncpg.Record) -> dict[str, Any]:

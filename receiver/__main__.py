@@ -1,5 +1,5 @@
 """The command line: `python -m receiver serve | migrate | project | forward | poll | prune |
-reprocess`."""
+reprocess | erase`."""
 
 import argparse
 import asyncio
@@ -8,20 +8,22 @@ import gc
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
+from importlib.metadata import version
 
 import asyncpg
 import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from receiver import logs, migrate
+from receiver import instants, logs, migrate, privacy, startup
 from receiver.app import background_running, create_app, journal_running, projector_running
 from receiver.db import open_pool
 from receiver.embedded import embedded_postgres
@@ -47,11 +49,24 @@ def database(settings: Settings) -> Iterator[Settings]:
         yield settings.model_copy(update={"database_url": SecretStr(url)})
 
 
+def _on_terminal(label: str) -> Callable[[int, int], None] | None:
+    """Progress rewritten in place on stderr when it is a terminal; elsewhere (a log
+    collector) the command's summary line says it all."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        print(f"\r{label}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
 async def _migrate(settings: Settings) -> None:
     assert settings.database_url is not None
     conn = await asyncpg.connect(settings.database_url.get_secret_value())
     try:
-        applied = await migrate.apply(conn)
+        applied = await migrate.apply(conn, progress=_on_terminal("migrate: migrations"))
         log.info("migrate.done", applied=applied)
     finally:
         await conn.close()
@@ -119,7 +134,22 @@ async def _prune(settings: Settings) -> None:
     if settings.retention_days is None:
         raise SystemExit("prune: set RECEIVER_RETENTION_DAYS to say what is old enough to go")
     async with _migrated_pool(settings) as pool:
-        await Retention(pool, settings).prune_once()
+        await Retention(pool, settings).prune_once(progress=_on_terminal("prune: rows deleted"))
+
+
+async def _erase(settings: Settings, args: argparse.Namespace) -> None:
+    """Everything stored about one phone number; the number is never logged."""
+    number = sys.stdin.readline().strip() if args.phone == "-" else args.phone
+    try:
+        privacy.number_digits(number)
+    except privacy.InvalidNumberError as exc:
+        raise startup.StartupError(f"erase: {exc}", startup.CONFIG) from None
+    async with _migrated_pool(settings) as pool:
+        _, found = await privacy.erase(
+            pool, number, dry_run=args.dry_run, progress=_on_terminal("erase: receipts read")
+        )
+    verb = "would erase" if args.dry_run else "erased"
+    print(f"{verb}: " + ", ".join(f"{count} {name}" for name, count in vars(found).items()))
 
 
 async def _reprocess(settings: Settings, args: argparse.Namespace) -> None:
@@ -157,9 +187,12 @@ async def _reprocess(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _moment(text: str) -> datetime:
-    """An ISO 8601 time; one without a zone is UTC."""
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    """An ISO 8601 time; one without a zone is UTC. A moment outside years 1-9999 in UTC
+    (`9999-12-31T23:59:59-14:00`) is a usage error, not a traceback from the query."""
+    try:
+        return instants.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time: {exc}") from None
 
 
 async def _freeze_the_heap(app: web.Application) -> None:
@@ -169,24 +202,32 @@ async def _freeze_the_heap(app: web.Application) -> None:
     gc.freeze()
 
 
-def _serve(settings: Settings) -> None:
+def _supervises(settings: Settings) -> tuple[bool, bool]:
+    """Whether serve runs processes of its own, and whether one of them is the background."""
     background = (
         settings.project_enabled
         or settings.forward_enabled
         or settings.poll_enabled
         or settings.retention_days is not None
     )
-    if settings.workers > 1 or (background and settings.background_process):
+    background = background and settings.background_process
+    return settings.workers > 1 or background, background
+
+
+def _serve(settings: Settings, sock: socket.socket) -> None:
+    supervising, background = _supervises(settings)
+    if supervising:
+        sock.close()  # it proved the port free; the workers bind it themselves (SO_REUSEPORT)
         with _metrics_dir(make=True):
-            _supervise(settings, background and settings.background_process)
+            _supervise(settings, background)
         return
     if settings.reuse_port:
         # A worker of serve (or one of several run on one port): the folder is shared with
         # the others, and whoever started them emptied it.
-        _serve_one(settings)
+        _serve_one(settings, sock)
         return
     with _metrics_dir(make=False):
-        _serve_one(settings)
+        _serve_one(settings, sock)
 
 
 @contextmanager
@@ -215,18 +256,29 @@ def _metrics_dir(*, make: bool) -> Iterator[None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _serve_one(settings: Settings) -> None:
+def _serve_one(settings: Settings, sock: socket.socket) -> None:
     app = create_app(settings)
     app.on_startup.append(_freeze_the_heap)  # runs after the pool, journal and loops are up
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=None,
-        # Workers share the port; the kernel spreads connections across them.
-        reuse_port=settings.reuse_port or None,
-    )
+    asyncio.run(_run_http(app, sock))
+
+
+async def _run_http(app: web.Application, sock: socket.socket) -> None:
+    """The app on its socket until SIGTERM or SIGINT; then stop accepting, let the requests
+    under way finish (their journal commits too), and close the rest in order: projector
+    batch, deliveries in flight, pool."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        host, port = sock.getsockname()[:2]
+        log.info("serve.listening", url=f"http://{host}:{port}", pid=os.getpid())
+        stopped = asyncio.Event()
+        _stop_on_signals(stopped.set)
+        await stopped.wait()
+        log.info("serve.stopping", pid=os.getpid())
+    finally:
+        await runner.cleanup()
+    log.info("serve.stopped", pid=os.getpid())
 
 
 # What an HTTP worker leaves to the background process.
@@ -299,12 +351,16 @@ def _supervise(settings: Settings, background: bool) -> None:
                 log.error("serve.child_exited", pid=child.pid, code=child.returncode)
                 code = 1
             stop()  # one gone: the service is not whole, so it stops (and is restarted whole)
+    log.info("serve.stopped", code=code)
     if code:
         raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version('dlr-receiver')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP service (migrates first)")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
@@ -328,11 +384,38 @@ def main(argv: list[str] | None = None) -> None:
     )
     again.add_argument("--since", type=_moment, help="received at or after (ISO 8601)")
     again.add_argument("--until", type=_moment, help="received before (ISO 8601)")
+    erase = commands.add_parser(
+        "erase", help="erase everything stored about one phone number (--dry-run to count)"
+    )
+    erase.add_argument("phone", help="the number (+372..., 00372... or 372...); - reads stdin")
+    erase.add_argument("--dry-run", action="store_true", help="count what would go; erase none")
     args = parser.parse_args(argv)
 
-    settings = Settings()
+    try:
+        _run(args)
+    except startup.StartupError as exc:
+        logs.flush()
+        print(f"receiver: {exc}", file=sys.stderr)
+        raise SystemExit(exc.code) from None
+
+
+def _run(args: argparse.Namespace) -> None:
+    settings = startup.load_settings()
     logs.configure(settings.log_level)
+    sock = None
+    if args.command == "serve":
+        # Before Postgres starts or migrations run: a taken port says so in a second.
+        supervising, _ = _supervises(settings)
+        sock = startup.listening_socket(
+            settings.host, settings.port, settings.reuse_port or supervising
+        )
     with database(settings) as settings:
+        assert settings.database_url is not None
+        asyncio.run(
+            startup.wait_for_database(
+                settings.database_url.get_secret_value(), settings.database_wait
+            )
+        )
         if args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "forward":
@@ -347,9 +430,12 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_background(settings))
         elif args.command == "reprocess":
             asyncio.run(_reprocess(settings, args))
+        elif args.command == "erase":
+            asyncio.run(_erase(settings, args))
         else:
+            assert sock is not None
             log.info("serve.start", host=settings.host, port=settings.port)
-            _serve(settings)
+            _serve(settings, sock)
 
 
 if __name__ == "__main__":

@@ -1,65 +1,108 @@
 """Provider accounts: several per provider, each with its own webhook credentials, an
-optional expiry (rotation with a grace period) and an optional URL token."""
+optional expiry (rotation with a grace period), an optional URL token, and its own API
+credentials, base URL and polling pace."""
 
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from receiver.providers.base import Verification, Verifier, same
+from receiver.providers import PROVIDERS
+from receiver.providers.base import Provider, Verification, Verifier, same
 from receiver.settings import Account, Settings
 
 DEFAULT = "default"
 
 
-# Which setting of the default account each provider's verification reads.
-_SECRET_FIELDS = {
-    "messente": ("messente_api_password", None),
-    "infobip": ("infobip_webhook_password", "infobip_webhook_username"),
-    "comapi": ("comapi_webhook_secret", None),
-}
-
-
 def accounts(settings: Settings, provider: str) -> dict[str, Account]:
     """The provider's accounts: the default one (today's RECEIVER_<PROVIDER>_* variables,
-    if set) first, then those of RECEIVER_ACCOUNTS."""
+    if any is set) first, then those of RECEIVER_ACCOUNTS, each completed with what it left
+    unset: the default account's base URL and time zone, the RECEIVER_POLL_* pacing."""
+    registered = PROVIDERS.get(provider)
+    if registered is None:
+        return {}
+    default = Account()
+    if registered.default_account is not None:
+        default = registered.default_account(settings)
     found: dict[str, Account] = {}
-    fields = _SECRET_FIELDS.get(provider)
-    if fields is not None:
-        secret = getattr(settings, fields[0])
-        username = getattr(settings, fields[1]) if fields[1] else None
-        if secret is not None:
-            found[DEFAULT] = Account(secret=secret, username=username)
-    found.update(settings.accounts.get(provider, {}))
+    if _holds_credentials(default):
+        found[DEFAULT] = _complete(default, default, settings)
+    for name, account in settings.accounts.get(provider, {}).items():
+        found[name] = _complete(account, default, settings)
     return found
 
 
 def names(settings: Settings) -> dict[str, list[str]]:
     """Every account name each provider may have: the closed set /metrics labels come from."""
-    providers = {*_SECRET_FIELDS, *settings.accounts}
+    providers = {*PROVIDERS, *settings.accounts}
     return {p: [DEFAULT, *settings.accounts.get(p, {})] for p in providers}
 
 
-def as_settings(settings: Settings, provider: str, account: Account) -> Settings:
-    """The settings a provider's verify() reads, holding this account's credentials."""
-    secret_field, user_field = _SECRET_FIELDS[provider]
-    update: dict[str, object] = {secret_field: account.secret}
-    if user_field:
-        update[user_field] = account.username
-    return settings.model_copy(update=update)
+def _holds_credentials(account: Account) -> bool:
+    return any(
+        value is not None
+        for value in (
+            account.secret,
+            account.url_token,
+            account.api_username,
+            account.api_password,
+            account.api_key,
+        )
+    )
+
+
+def _complete(account: Account, default: Account, settings: Settings) -> Account:
+    # Built once per settings object (see _prepared and poll.py), never per request.
+    return account.model_copy(
+        update={
+            "base_url": account.base_url or default.base_url,
+            "time_zone": account.time_zone or default.time_zone,
+            "poll_concurrency": account.poll_concurrency or settings.poll_concurrency,
+            "poll_rate": account.poll_rate or settings.poll_rate,
+            "poll_interval": account.poll_interval
+            or default.poll_interval
+            or settings.infobip_poll_interval,
+        }
+    )
+
+
+def known(settings: Settings, provider: str, name: str) -> bool:
+    """Whether the provider has an account of this name (a registration may name one)."""
+    return any(p.name == name for p in _prepared(settings, provider))
+
+
+def polled(settings: Settings) -> list[tuple[Provider, str, Account]]:
+    """Every (provider, account name, account) whose messages are polled one by one."""
+    return [
+        (provider, name, account)
+        for provider in PROVIDERS.values()
+        if provider.poll is not None
+        for name, account in accounts(settings, provider.name).items()
+        if account.poll and provider.poll.ready(account)
+    ]
+
+
+def drained(settings: Settings) -> list[tuple[Provider, str, Account]]:
+    """Every (provider, account name, account) whose report queues are drained."""
+    return [
+        (provider, name, account)
+        for provider in PROVIDERS.values()
+        if provider.drain is not None
+        for name, account in accounts(settings, provider.name).items()
+        if account.poll and provider.drain.ready(account)
+    ]
 
 
 @dataclass(frozen=True)
 class _Prepared:
-    """An account as the request path checks it: its verify() settings built once."""
+    """An account as the request path checks it, built once."""
 
     name: str
     account: Account
-    settings: Settings  # what the provider's verify() reads, with this account's secret
 
 
 # Per Settings object (they are immutable) and provider: its accounts, prepared. Building
-# accounts and copying the settings on every request was a tenth of a webhook's cost.
+# accounts on every request was a tenth of a webhook's cost.
 _PREPARED: dict[tuple[int, str], list[_Prepared]] = {}
 
 
@@ -67,17 +110,7 @@ def _prepared(settings: Settings, provider: str) -> list[_Prepared]:
     key = (id(settings), provider)
     found = _PREPARED.get(key)
     if found is None:
-        found = [
-            _Prepared(
-                name,
-                account,
-                # The default account is the settings themselves: no copy.
-                settings
-                if name == DEFAULT or provider not in _SECRET_FIELDS
-                else as_settings(settings, provider, account),
-            )
-            for name, account in accounts(settings, provider).items()
-        ]
+        found = [_Prepared(name, account) for name, account in accounts(settings, provider).items()]
         if not any(k[0] == key[0] for k in _PREPARED):
             weakref.finalize(settings, _forget, key[0])
         _PREPARED[key] = found
@@ -107,9 +140,7 @@ def verify(
     settings: Settings, provider: str, check: Verifier, headers: Mapping[str, str], body: bytes
 ) -> tuple[Verification, str | None]:
     """Verify against each live account of the provider; the first that verifies names the
-    account. `check` is the provider's verify(settings, headers, body)."""
-    if provider not in _SECRET_FIELDS:
-        return Verification.NOT_CONFIGURED, None
+    account. `check` is the provider's verify(account, headers, body)."""
     now: datetime | None = None
     verdict = Verification.NOT_CONFIGURED
     for prepared in _prepared(settings, provider):
@@ -120,7 +151,7 @@ def verify(
             now = now or datetime.now(UTC)
             if not _live(account, now):
                 continue
-        result = check(prepared.settings, headers, body)
+        result = check(account, headers, body)
         if result is Verification.OK:
             return result, prepared.name
         # MISSING wins over BAD only when nothing was ever presented.

@@ -1,7 +1,9 @@
 """Client side: register sends, look up messages and their timelines, health."""
 
 import base64
+import dataclasses
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -10,8 +12,8 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from receiver import cursors, instants, phones, queries, views
-from receiver.db import connection, is_transient
+from receiver import accounts, cursors, instants, phones, privacy, queries, views
+from receiver.db import Conn, connection, is_transient
 from receiver.errors import ApiError, read_body
 from receiver.ingest import queries as ingest_queries
 from receiver.instants import Instant
@@ -35,6 +37,8 @@ class _RegistrationBody(BaseModel):
     request: Any | None = None
     reference: str | None = Field(default=None, max_length=500)
     channel: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,49}$")
+    # The provider account the message was sent through: its polls use that account's API.
+    account: str | None = Field(default=None, min_length=1, max_length=100)
 
 
 def _provider(request: web.Request) -> Provider:
@@ -68,6 +72,11 @@ async def register(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_body", describe(exc)) from exc
     if parsed.response is None:
         raise ApiError(400, "invalid_body", "response: the provider's send response is required")
+    if provider.parse_registration is None:
+        raise ApiError(404, "unknown_provider", "no send registration for this provider")
+    settings = request.app[SETTINGS]
+    if parsed.account is not None and not accounts.known(settings, provider.name, parsed.account):
+        raise ApiError(400, "unknown_account", f"no {provider.name} account of that name")
     registration = Registration(
         parsed.response,
         parsed.request,
@@ -80,13 +89,15 @@ async def register(request: web.Request) -> web.Response:
     except InvalidReport as exc:
         raise ApiError(400, "invalid_send_response", str(exc)) from exc
 
-    receipt = Receipt(provider.name, "send", body, request.headers.get("Content-Type"))
+    # Parsed from what came; stored without the credentials a send request may carry.
+    stored = privacy.without_credentials(body)
+    receipt = Receipt(
+        provider.name, "send", stored, request.headers.get("Content-Type"), account=parsed.account
+    )
     position = await request.app[JOURNAL].append(receipt, updates)
     keys = sorted({u.message_key for u in updates})
     # Read-your-writes: the answer lists the messages once the projector has applied them.
-    visible = await request.app[PROJECTOR].wait_for(
-        position, request.app[SETTINGS].registration_wait
-    )
+    visible = await request.app[PROJECTOR].wait_for(position, settings.registration_wait)
     if not visible:
         # Durable all the same (journaled); only not yet visible. Registering again is safe.
         log.warning("send.not_yet_visible", provider=provider.name, messages=len(keys))
@@ -104,6 +115,39 @@ async def register(request: web.Request) -> web.Response:
     )
 
 
+class _ErasureBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str = Field(max_length=64, description="the number, in any spelling")
+    dry_run: bool = Field(default=False, description="count what would go, remove nothing")
+
+
+@documented(
+    Operation(
+        "Erase everything stored about one phone number (or count it: dry_run)",
+        {200: views.Erased},
+        {400: "invalid_body"},
+        body=_ErasureBody,
+        description="Messages with their events, aliases, status changes and deliveries; "
+        "the number redacted in raw receipts. The log line names the erasure id, never the "
+        "number.",
+    )
+)
+async def erase(request: web.Request) -> web.Response:
+    """Everything stored about one phone number: counted (`dry_run`) or removed."""
+    try:
+        parsed = _ErasureBody.model_validate_json(await read_body(request))
+        number = privacy.number_digits(parsed.phone)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_body", describe(exc)) from exc
+    except privacy.InvalidNumberError as exc:
+        raise ApiError(400, "invalid_body", f"phone: {exc}") from exc
+    erasure, found = await privacy.erase(request.app[POOL], number, dry_run=parsed.dry_run)
+    return model_response(
+        views.Erased(erasure=erasure, dry_run=parsed.dry_run, **dataclasses.asdict(found))
+    )
+
+
 @documented(
     Operation(
         "A message: its status, channel attempts and full timeline",
@@ -115,25 +159,32 @@ async def register(request: web.Request) -> web.Response:
 async def get_message(request: web.Request) -> web.Response:
     provider = _provider(request)
     async with connection(request.app[POOL]) as conn:
-        row = await queries.find_message(conn, provider.name, request.match_info["id"])
-        if row is None:
-            raise ApiError(404, "message_not_found", "no message with this id")
-        aliases = await queries.message_aliases(conn, provider.name, row["key"])
-        events = await queries.message_events(conn, provider.name, row["key"])
-    return model_response(
-        views.Message(
-            **_listed_fields(row),
-            account=row["account"],
-            aliases=aliases,
-            channel_order=row["channel_order"],
-            attempts=[_attempt(a) for a in row["attempts"]],
-            seq=row["seq"],
-            # Polling gave up on it (past RECEIVER_POLL_MAX_AGE): its status is the last known.
-            stale=row["stale"],
-            next_poll_at=row["next_poll_at"],
-            registered_at=row["registered_at"],
-            events=[_event(e) for e in events],
-        )
+        view = await message_view(conn, provider.name, request.match_info["id"])
+    if view is None:
+        raise ApiError(404, "message_not_found", "no message with this id")
+    return model_response(view)
+
+
+async def message_view(conn: Conn, provider: str, id_: str) -> views.Message | None:
+    """A message with its timeline, as GET /v1/messages/{provider}/{id} answers it (and the
+    console shows it); None when there is no such message."""
+    row = await queries.find_message(conn, provider, id_)
+    if row is None:
+        return None
+    aliases = await queries.message_aliases(conn, provider, row["key"])
+    events = await queries.message_events(conn, provider, row["key"])
+    return views.Message(
+        **_listed_fields(row),
+        account=row["account"],
+        aliases=aliases,
+        channel_order=row["channel_order"],
+        attempts=[_attempt(a) for a in row["attempts"]],
+        seq=row["seq"],
+        # Polling gave up on it (past RECEIVER_POLL_MAX_AGE): its status is the last known.
+        stale=row["stale"],
+        next_poll_at=row["next_poll_at"],
+        registered_at=row["registered_at"],
+        events=[_event(e) for e in events],
     )
 
 
@@ -176,21 +227,28 @@ class _ProblemQuery(BaseModel):
 )
 async def receipts_with_problems(request: web.Request) -> web.Response:
     """Request bodies that kept something unread: what `reprocess` would read again."""
-    query = _query(request, _ProblemQuery)
+    arguments = problems_arguments(request.query)
+    async with connection(request.app[POOL]) as conn:
+        view = await problems_view(conn, arguments)
+    return model_response(view)
+
+
+def problems_arguments(params: Mapping[str, str]) -> dict[str, Any]:
+    """GET /v1/receipts/problems's query as queries.receipts_with_problems's arguments."""
+    query = _validated(params, _ProblemQuery)
     if query.provider is not None and query.provider not in PROVIDERS:
         raise ApiError(400, "invalid_query", f"unknown provider {query.provider!r}")
     after = cursors.moment_and_id(query.cursor) if query.cursor else None
-    async with connection(request.app[POOL]) as conn:
-        rows = await queries.receipts_with_problems(
-            conn, provider=query.provider, since=query.since, after=after, limit=query.limit
-        )
+    return {"provider": query.provider, "since": query.since, "after": after, "limit": query.limit}
+
+
+async def problems_view(conn: Conn, arguments: dict[str, Any]) -> views.ReceiptPage:
+    rows = await queries.receipts_with_problems(conn, **arguments)
     next_cursor = None
-    if len(rows) == query.limit:
+    if len(rows) == arguments["limit"]:
         next_cursor = cursors.encode(rows[-1]["received_at"], rows[-1]["id"])
-    return model_response(
-        views.ReceiptPage(
-            receipts=[views.ReceiptListed(**r) for r in rows], next_cursor=next_cursor
-        )
+    return views.ReceiptPage(
+        receipts=[views.ReceiptListed(**r) for r in rows], next_cursor=next_cursor
     )
 
 
@@ -208,32 +266,37 @@ async def get_receipt(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise ApiError(404, "receipt_not_found", "no such receipt") from exc
     async with connection(request.app[POOL]) as conn:
-        row = await queries.receipt(conn, receipt_id)
-        if row is None:
-            raise ApiError(404, "receipt_not_found", "no such receipt")
-        events = await queries.receipt_events(conn, receipt_id)
+        view = await receipt_view(conn, receipt_id)
+    if view is None:
+        raise ApiError(404, "receipt_not_found", "no such receipt")
+    return model_response(view)
+
+
+async def receipt_view(conn: Conn, receipt_id: uuid.UUID) -> views.Receipt | None:
+    row = await queries.receipt(conn, receipt_id)
+    if row is None:
+        return None
+    events = await queries.receipt_events(conn, receipt_id)
     body: bytes = row["body"]
     try:
         text: str | None = body.decode()
     except UnicodeDecodeError:
         text = None
-    return model_response(
-        views.Receipt(
-            **{k: row[k] for k in ("id", "provider", "source", "received_at", "content_type")},
-            problem=row["problem"],
-            body=text,  # null when the bytes are not UTF-8: see body_base64
-            body_base64=base64.b64encode(body).decode(),
-            events=[
-                views.ReceiptEvent(
-                    message_id=e["message_key"],
-                    status=e["status"],
-                    provider_status=e["provider_status"],
-                    channel=e["channel"],
-                    occurred_at=e["occurred_at"],
-                )
-                for e in events
-            ],
-        )
+    return views.Receipt(
+        **{k: row[k] for k in ("id", "provider", "source", "received_at", "content_type")},
+        problem=row["problem"],
+        body=text,  # null when the bytes are not UTF-8: see body_base64
+        body_base64=base64.b64encode(body).decode(),
+        events=[
+            views.ReceiptEvent(
+                message_id=e["message_key"],
+                status=e["status"],
+                provider_status=e["provider_status"],
+                channel=e["channel"],
+                occurred_at=e["occurred_at"],
+            )
+            for e in events
+        ],
     )
 
 
@@ -308,8 +371,12 @@ class _SearchQuery(BaseModel):
 
 
 def _query(request: web.Request, model: type[_Q]) -> _Q:
+    return _validated(request.query, model)
+
+
+def _validated(params: Mapping[str, str], model: type[_Q]) -> _Q:
     try:
-        return model.model_validate(dict(request.query))
+        return model.model_validate(dict(params))
     except ValidationError as exc:
         raise ApiError(400, "invalid_query", describe(exc)) from exc
 
@@ -323,7 +390,16 @@ def _query(request: web.Request, model: type[_Q]) -> _Q:
     )
 )
 async def search_messages(request: web.Request) -> web.Response:
-    query = _query(request, _SearchQuery)
+    arguments = search_arguments(request.query)
+    async with connection(request.app[POOL]) as conn:
+        view = await search_view(conn, arguments)
+    return model_response(view)
+
+
+def search_arguments(params: Mapping[str, str]) -> dict[str, Any]:
+    """GET /v1/messages's query as queries.search_messages's arguments (ApiError for a bad
+    one): the console searches with the same."""
+    query = _validated(params, _SearchQuery)
     statuses = None
     if query.status:
         statuses = [s.strip() for s in query.status.split(",") if s.strip()]
@@ -340,26 +416,26 @@ async def search_messages(request: web.Request) -> web.Response:
             after = (instants.parse(created), cursors.text(provider), cursors.text(key))
         except (TypeError, ValueError) as exc:
             raise cursors.invalid() from exc
-    async with connection(request.app[POOL]) as conn:
-        rows = await queries.search_messages(
-            conn,
-            recipient=phones.spellings(query.recipient) if query.recipient else None,
-            account=query.account,
-            statuses=statuses,
-            provider=query.provider,
-            since=query.since,
-            until=query.until,
-            after=after,
-            limit=query.limit,
-            reference=query.reference,
-        )
+    return {
+        "recipient": phones.spellings(query.recipient) if query.recipient else None,
+        "account": query.account,
+        "statuses": statuses,
+        "provider": query.provider,
+        "since": query.since,
+        "until": query.until,
+        "after": after,
+        "limit": query.limit,
+        "reference": query.reference,
+    }
+
+
+async def search_view(conn: Conn, arguments: dict[str, Any]) -> views.MessagePage:
+    rows = await queries.search_messages(conn, **arguments)
     next_cursor = None
-    if len(rows) == query.limit:
+    if len(rows) == arguments["limit"]:
         last = rows[-1]
         next_cursor = cursors.encode(last["created_at"], last["provider"], last["key"])
-    return model_response(
-        views.MessagePage(messages=[_listed(r) for r in rows], next_cursor=next_cursor)
-    )
+    return views.MessagePage(messages=[listed(r) for r in rows], next_cursor=next_cursor)
 
 
 class _GroupQuery(BaseModel):
@@ -380,23 +456,36 @@ class _GroupQuery(BaseModel):
 async def get_group(request: web.Request) -> web.Response:
     provider = _provider(request)
     group = request.match_info["id"]
-    query = _query(request, _GroupQuery)
-    after = _group_cursor(query.cursor) if query.cursor else None
+    after, limit = group_query(request.query)
     async with connection(request.app[POOL]) as conn:
-        counts = await queries.group_counts(conn, provider.name, group)
-        if not counts:
-            raise ApiError(404, "group_not_found", "no messages in this group")
-        rows = await queries.group_members(conn, provider.name, group, after, query.limit)
-    next_cursor = cursors.encode(rows[-1]["key"]) if len(rows) == query.limit else None
-    return model_response(
-        views.Group(
-            provider=provider.name,
-            id=group,
-            total=sum(counts.values()),
-            counts=counts,
-            members=[_listed(r) for r in rows],
-            next_cursor=next_cursor,
-        )
+        view = await group_view(conn, provider.name, group, after, limit)
+    if view is None:
+        raise ApiError(404, "group_not_found", "no messages in this group")
+    return model_response(view)
+
+
+def group_query(params: Mapping[str, str]) -> tuple[str | None, int]:
+    """GET /v1/groups/...'s `cursor` (decoded: the last key seen) and `limit`, checked."""
+    query = _validated(params, _GroupQuery)
+    return (_group_cursor(query.cursor) if query.cursor else None), query.limit
+
+
+async def group_view(
+    conn: Conn, provider: str, group: str, after: str | None, limit: int
+) -> views.Group | None:
+    """A group's counts per status and a page of its members; None when it has none."""
+    counts = await queries.group_counts(conn, provider, group)
+    if not counts:
+        return None
+    rows = await queries.group_members(conn, provider, group, after, limit)
+    next_cursor = cursors.encode(rows[-1]["key"]) if len(rows) == limit else None
+    return views.Group(
+        provider=provider,
+        id=group,
+        total=sum(counts.values()),
+        counts=counts,
+        members=[listed(r) for r in rows],
+        next_cursor=next_cursor,
     )
 
 
@@ -410,7 +499,8 @@ def _group_cursor(cursor: str) -> str:
         raise cursors.invalid() from exc
 
 
-def _listed(row: asyncpg.Record) -> views.MessageListed:
+def listed(row: asyncpg.Record) -> views.MessageListed:
+    """A message as lists show it (search, groups): the console's lists too."""
     return views.MessageListed(**_listed_fields(row))
 
 

@@ -8,7 +8,9 @@ from typing import Protocol, TypeVar
 import asyncpg
 from aiohttp import web
 
-from receiver import accounts, api, migrate, openapi, subscriptions, webhooks
+from receiver import accounts, api, console, migrate, openapi, subscriptions, webhooks
+from receiver.console import subscriptions as console_subs
+from receiver.console import views as console_views
 from receiver.db import connection, log_loop_failure, open_pool
 from receiver.edge import edge_middleware
 from receiver.forward import Forwarder, http_client
@@ -19,7 +21,6 @@ from receiver.keys import JOURNAL, METRICS, POOL, PROJECTOR, SETTINGS
 from receiver.metrics import Metrics
 from receiver.poll import Poller
 from receiver.poll import http_client as poll_client
-from receiver.providers import PROVIDERS
 from receiver.retention import Retention
 from receiver.settings import Settings
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/v1/unmapped", api.list_unmapped),
             web.get("/v1/receipts/problems", api.receipts_with_problems),
             web.get("/v1/receipts/{id}", api.get_receipt),
+            web.post("/v1/erasures", api.erase),
             web.post("/v1/subscriptions", subscriptions.create),
             web.get("/v1/subscriptions", subscriptions.list_all),
             web.get("/v1/subscriptions/{id}", subscriptions.read),
@@ -62,8 +64,39 @@ def create_app(settings: Settings) -> web.Application:
             web.post(
                 "/v1/subscriptions/{id}/deliveries/{delivery_id}/replay", subscriptions.replay_one
             ),
+            # The console (receiver/console/): a session cookie rather than a bearer token,
+            # checked with the scopes and CSRF for every path under /console by the edge.
+            web.get("/console/login", console_views.login_form, name="console_login"),
+            web.post("/console/login", console_views.login),
+            web.post("/console/logout", console_views.logout),
+            web.get("/console", console_views.dashboard, name="console_dashboard"),
+            web.get("/console/messages", console_views.search, name="console_search"),
+            web.get(
+                "/console/messages/{provider}/{id}", console_views.message, name="console_message"
+            ),
+            web.get("/console/groups/{provider}/{id}", console_views.group, name="console_group"),
+            web.get("/console/receipts/{id}", console_views.receipt, name="console_receipt"),
+            web.get("/console/problems", console_views.problems, name="console_problems"),
+            web.get("/console/subscriptions", console_subs.index, name="console_subscriptions"),
+            web.get(
+                "/console/subscriptions/{id}", console_subs.detail, name="console_subscription"
+            ),
+            web.get(
+                "/console/subscriptions/{id}/deliveries/{delivery_id}",
+                console_subs.delivery,
+                name="console_delivery",
+            ),
+            web.post("/console/subscriptions/{id}/enabled", console_subs.set_enabled),
+            web.post("/console/subscriptions/{id}/rotate-secret", console_subs.rotate_secret),
+            web.post("/console/subscriptions/{id}/replay", console_subs.replay_range),
+            web.post(
+                "/console/subscriptions/{id}/deliveries/{delivery_id}/replay",
+                console_subs.replay_one,
+            ),
+            web.static("/console/static", console.STATIC, name="console_static"),
         ]
     )
+    console.setup(app)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_ingest)
     app.cleanup_ctx.append(_projection)
@@ -95,14 +128,21 @@ def make_projector(
         idle_poll=settings.project_idle_poll,
         # Only what a configured account polls is scheduled: a message nobody will poll
         # must not wait in the poll index (and become `stale`) for nothing.
-        polled_providers=[
-            p.name
-            for p in PROVIDERS.values()
-            if p.poll is not None and p.poll_configured is not None and p.poll_configured(settings)
-        ],
+        polled=polled_accounts(settings),
         first_poll_in=settings.poll_min_interval,
         metrics=metrics,
     )
+
+
+def polled_accounts(settings: Settings) -> set[tuple[str, str | None]]:
+    """The (provider, account) pairs whose messages are polled one by one. A message with no
+    account (registered without naming one) is the default account's."""
+    pairs: set[tuple[str, str | None]] = set()
+    for provider, name, _ in accounts.polled(settings):
+        pairs.add((provider.name, name))
+        if name == accounts.DEFAULT:
+            pairs.add((provider.name, None))
+    return pairs
 
 
 @asynccontextmanager

@@ -1,6 +1,6 @@
 """The one middleware, the edge of every request: its id and its one log line, what is refused
-before a handler runs (NUL in the URL, an oversized body, a missing bearer token), and every
-failure as a JSON error.
+before a handler runs (NUL in the URL, an oversized body, a missing bearer token, a console
+page without a session), and every failure as a JSON error (as an HTML page in the console).
 
 One function rather than a chain of four: each layer of aiohttp middleware is a coroutine per
 request, and on the acknowledgement path those layers cost more than the journal write.
@@ -17,6 +17,7 @@ from aiohttp.typedefs import Handler
 
 from receiver import logs
 from receiver.auth import check_bearer
+from receiver.console import guard as console_guard
 from receiver.errors import as_response, refuse_early
 from receiver.keys import METRICS
 
@@ -51,7 +52,10 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         try:
             refuse_early(request)
             check_bearer(request)
-            response = await handler(request)
+            if request.path.startswith("/console"):
+                response = await console_guard.guarded(request, handler)
+            else:
+                response = await handler(request)
         except Exception as exc:
             response = as_response(exc)
         except asyncio.CancelledError:
@@ -85,6 +89,11 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "ms": round(elapsed * 1000, 2),
             "remote": request.remote,
         }
+        # Behind a TLS proxy `remote` is the proxy: the client it names is logged beside it,
+        # as given (the proxy's word, not checked; cut short so a header cannot bloat a line).
+        forwarded = request.headers.get("X-Forwarded-For")
+        if forwarded:
+            fields["forwarded_for"] = forwarded[:200]
         if facts:
             fields.update(facts)
         logs.access(fields)

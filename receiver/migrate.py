@@ -1,8 +1,10 @@
 """Forward-only plain-SQL migrations from sql/migrations, applied once under an advisory lock."""
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 import structlog
 
@@ -10,7 +12,9 @@ from receiver.db import Conn
 
 log = structlog.get_logger()
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
+# The top-level sql/ folder, mapped into the package as receiver.sql at build time (see
+# pyproject.toml): the same files from a wheel, an editable install or a source checkout.
+MIGRATIONS_DIR: Traversable = resources.files("receiver.sql") / "migrations"
 # Any constant works; it only has to be the same in every process migrating this database.
 _LOCK_ID = 0x646C725F6D6967  # "dlr_mig"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -23,13 +27,11 @@ class Migration:
     sql: str
 
 
-def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def load(directory: Traversable = MIGRATIONS_DIR) -> list[Migration]:
     if not directory.is_dir():
-        raise FileNotFoundError(
-            f"no migrations at {directory}: install from a source checkout (pip install -e .)"
-        )
+        raise FileNotFoundError(f"no migrations at {directory}: the package is incomplete")
     found = []
-    for path in sorted(directory.iterdir()):
+    for path in sorted(directory.iterdir(), key=lambda p: p.name):
         match = _NAME.match(path.name)
         if match is None:
             raise ValueError(f"migration file {path.name} is not named NNNN_description.sql")
@@ -40,8 +42,13 @@ def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-async def apply(conn: Conn, migrations: list[Migration] | None = None) -> list[int]:
-    """Apply what is missing, each in its own transaction; returns the versions applied."""
+async def apply(
+    conn: Conn,
+    migrations: list[Migration] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[int]:
+    """Apply what is missing, each in its own transaction; returns the versions applied.
+    `progress` hears (applied, pending) after each."""
     pending = load() if migrations is None else migrations
     # A session lock, so two processes starting at once take turns instead of both migrating.
     await conn.execute("select pg_advisory_lock($1)", _LOCK_ID)
@@ -57,9 +64,8 @@ async def apply(conn: Conn, migrations: list[Migration] | None = None) -> list[i
         )
         done = {r["version"] for r in await conn.fetch("select version from schema_migrations")}
         applied = []
-        for migration in pending:
-            if migration.version in done:
-                continue
+        todo = [m for m in pending if m.version not in done]
+        for migration in todo:
             async with conn.transaction():
                 await conn.execute(migration.sql)
                 await conn.execute(
@@ -69,6 +75,8 @@ async def apply(conn: Conn, migrations: list[Migration] | None = None) -> list[i
                 )
             log.info("migration.applied", version=migration.version, name=migration.name)
             applied.append(migration.version)
+            if progress is not None:
+                progress(len(applied), len(todo))
         return applied
     finally:
         await conn.execute("select pg_advisory_unlock($1)", _LOCK_ID)

@@ -3,7 +3,9 @@ models each handler is described with (`@documented`), and /docs, the same rende
 
 A route is in the document by being described: a handler carries its query, body and answer
 models, and the generator walks the app's routes. A route left undescribed is a failing test
-(tests/integration/test_openapi.py), not a silent gap."""
+(tests/integration/test_openapi.py), not a silent gap. The console's pages (/console: HTML
+for people, a session cookie and CSRF rather than a bearer token) are not the API and not in
+the document; they answer from the same view models."""
 
 import json
 import re
@@ -53,6 +55,15 @@ def operation_of(handler: Callable[..., Any]) -> Operation | None:
     return _OPERATIONS.get(handler)
 
 
+# Paths under these are not the API (see the module's docstring).
+_NOT_API = ("/console",)
+
+
+def in_document(path: str) -> bool:
+    """Whether a route of this path belongs in the document (every one but the console's)."""
+    return not any(path == p or path.startswith(p + "/") for p in _NOT_API)
+
+
 # Answered by the edge for any route: NUL in the URL (400), and the database being out (503).
 _EVERYWHERE = {
     400: "bad_request: NUL (%00) in the URL, or the route's own input errors",
@@ -71,6 +82,7 @@ def document(app: web.Application) -> dict[str, Any]:
         for route in app.router.routes()
         if route.resource is not None
         and route.method != "HEAD"
+        and in_document(route.resource.canonical)
         and (op := operation_of(route.handler)) is not None
     ]
     output: set[type[BaseModel]] = {views.Error, views.StatusChange}

@@ -9,15 +9,17 @@ from receiver.db import Conn
 
 async def claim_polls(
     conn: Conn,
-    providers: Sequence[str],
+    polled: Sequence[tuple[str, str]],
+    default_account: str,
     limit: int,
     *,
     min_interval: float,
     max_interval: float,
     max_age: float,
 ) -> list[asyncpg.Record]:
-    """Take unfinished messages due for a poll and schedule their next one (doubling from
-    min_interval up to max_interval). Past max_age a message is marked stale instead, and
+    """Take unfinished messages of these (provider, account) pairs due for a poll and schedule
+    their next one (doubling from min_interval up to max_interval). A message without an
+    account is the default account's. Past max_age a message is marked stale instead, and
     comes back with stale = true so the caller skips it."""
     return await conn.fetch(
         """
@@ -26,6 +28,9 @@ async def claim_polls(
             where provider = any($1::text[]) and next_poll_at <= now() and not stale
               and status not in ('delivered', 'read', 'failed', 'expired', 'rejected',
                                  'cancelled')
+              -- Only through an account this poller holds: its credentials, its base URL.
+              and (provider, coalesce(account, $7))
+                  in (select * from unnest($1::text[], $6::text[]))
             order by next_poll_at
             limit $2
             for update skip locked
@@ -40,13 +45,16 @@ async def claim_polls(
             poll_attempts = m.poll_attempts + 1
         from due
         where m.provider = due.provider and m.key = due.key
-        returning m.provider, m.key, m.group_key, m.stale, m.next_poll_at, m.poll_attempts
+        returning m.provider, m.key, m.account, m.group_key, m.stale, m.next_poll_at,
+                  m.poll_attempts
         """,
-        list(providers),
+        [provider for provider, _ in polled],
         limit,
         min_interval,
         max_interval,
         max_age,
+        [account for _, account in polled],
+        default_account,
     )
 
 

@@ -20,7 +20,7 @@ import asyncpg
 
 from receiver.db import connection
 from receiver.ingest.journal import Journal, Position
-from receiver.providers import PROVIDERS, infobip
+from receiver.providers import PROVIDERS
 from receiver.reports import InvalidReport, Parsed, Receipt, StatusUpdate
 
 BATCH = 200
@@ -50,7 +50,8 @@ _KEPT = """
     select id, receipt_id, provider, source, content_type, body, received_at, problem, account
     from journal
     where id > $1 and replays is null
-      and (source = 'webhook' or (provider = $2 and source = 'poll'))
+      -- Polled receipts hold reports only when drained from a queue (whole report bodies).
+      and (source = 'webhook' or (provider = any($2::text[]) and source = 'poll'))
       and ($3 or problem is not null)
       and ($4::timestamptz is null or received_at >= $4)
       and ($5::timestamptz is null or received_at < $5)
@@ -91,14 +92,13 @@ async def reprocess(
     run: it counts what would change and writes nothing."""
     done = Reprocessed()
     after = 0
+    drained = [p.name for p in PROVIDERS.values() if p.drain is not None]
     async with connection(pool) as conn:
-        total: int = await conn.fetchval(
-            _COUNT, after, infobip.NAME, everything, since, until, provider
-        )
+        total: int = await conn.fetchval(_COUNT, after, drained, everything, since, until, provider)
     while True:
         async with connection(pool) as conn:
             rows = await conn.fetch(
-                _KEPT, after, infobip.NAME, everything, since, until, provider, batch
+                _KEPT, after, drained, everything, since, until, provider, batch
             )
             if not rows:
                 return done
@@ -146,10 +146,11 @@ async def reprocess(
 
 def _parse(row: asyncpg.Record) -> Parsed:
     provider = PROVIDERS.get(row["provider"])
-    if provider is None or provider.parse_webhook is None:
+    parse = provider.report_parser() if provider is not None else None
+    if parse is None:
         return Parsed([], ["a provider this version no longer reads"])
     try:
-        return provider.parse_webhook(row["body"], row["content_type"], row["received_at"])
+        return parse(row["body"], row["content_type"], row["received_at"])
     except InvalidReport as exc:
         return Parsed([], [str(exc)])
 

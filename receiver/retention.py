@@ -14,6 +14,7 @@ for. A report arriving for a message already deleted starts it afresh.
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -81,6 +82,7 @@ async def prune(
     before: datetime,
     batch: int = BATCH,
     stopping: asyncio.Event | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Pruned:
     """One pass: delete, batch after batch, everything older than `before` (or until
     `stopping` is set: what is left waits for the next pass)."""
@@ -94,6 +96,10 @@ async def prune(
             async with connection(pool) as conn:
                 deleted: int = await conn.fetchval(sql, before, batch)
             setattr(pruned, name, getattr(pruned, name) + deleted)
+            if progress is not None and deleted:
+                # The total is not known ahead (counting would cost a pass of its own).
+                total = pruned.deliveries + pruned.messages
+                progress(total, total + (deleted == batch))
             if deleted < batch:
                 break
 
@@ -129,10 +135,10 @@ class Retention:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), EVERY)
 
-    async def prune_once(self) -> Pruned:
+    async def prune_once(self, progress: Callable[[int, int], None] | None = None) -> Pruned:
         started = time.monotonic()
         before = datetime.now(UTC) - self._keep
-        pruned = await prune(self._pool, before, stopping=self._stopping)
+        pruned = await prune(self._pool, before, stopping=self._stopping, progress=progress)
         for kind, count in vars(pruned).items():
             self._metrics.inc("dlr_retention_deleted_total", count, kind=kind)
         log.info(

@@ -1,15 +1,13 @@
 """The service's configuration: one frozen object read from RECEIVER_* environment variables."""
 
 import ipaddress
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-PROVIDER_NAMES = ("messente", "infobip", "comapi", "mercury")
-
 
 # What an API token may do (receiver/auth.py says which routes need which): `read` the
 # lookups and receipts, `write` send registrations, `admin` subscriptions and their deliveries.
@@ -67,6 +65,30 @@ class Account(BaseModel):
     # An unguessable path segment (/webhooks/{provider}/{token}) for per-request URLs
     # (Infobip notifyUrl, Messente dlr_url) that arrive with no credentials at all.
     url_token: SecretStr | None = Field(default=None)
+    # The account's own API, for polling (each provider's module says which it reads):
+    # Basic user and password (Messente, Comapi, Mercury; Messente's password defaults to
+    # `secret`, which is the same API password), or an API key (Infobip's `App` key).
+    api_username: str | None = None
+    api_password: SecretStr | None = None
+    api_key: SecretStr | None = None
+    # Scheme and host; unset: the provider's RECEIVER_<PROVIDER>_BASE_URL.
+    base_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://[^\s]+$")
+    # The IANA zone of the account's zone-less times (Mercury); unset: RECEIVER_MERCURY_TIME_ZONE.
+    time_zone: str | None = None
+    # false: its messages are never polled (pushed reports are still verified).
+    poll: bool = True
+    # Unset: RECEIVER_POLL_CONCURRENCY, RECEIVER_POLL_RATE, RECEIVER_INFOBIP_POLL_INTERVAL.
+    poll_concurrency: int | None = Field(default=None, gt=0, le=1000)
+    poll_rate: float | None = Field(default=None, gt=0)
+    # Seconds between drains of the account's report queues once they came back empty.
+    poll_interval: float | None = Field(default=None, gt=0)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            _known_zone(value)
+        return value
 
 
 class Settings(BaseSettings):
@@ -76,6 +98,9 @@ class Settings(BaseSettings):
     )
 
     database_url: SecretStr | None = None
+    # At start, how long to wait for a database that refuses connections (still coming up,
+    # as beside it in a compose file or a pod) before giving up with one clear line.
+    database_wait: float = Field(default=60.0, ge=0)
     data_dir: Path = Path("receiver-data")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -89,6 +114,10 @@ class Settings(BaseSettings):
     background_nice: int = Field(default=10, ge=0, le=19)
     reuse_port: bool = False
     api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    # The console's session cookies are signed with this. Unset: derived from the API tokens,
+    # so every worker process (and every instance with the same tokens) agrees on it.
+    console_secret: SecretStr | None = None
+    console_session_seconds: float = Field(default=12 * 3600, gt=0, le=30 * 86400)
     log_level: str = "info"
 
     messente_api_username: str | None = None
@@ -192,9 +221,7 @@ class Settings(BaseSettings):
     @field_validator("accounts")
     @classmethod
     def _account_providers(cls, value: dict[str, dict[str, Account]]) -> object:
-        unknown = sorted(set(value) - set(PROVIDER_NAMES))
-        if unknown:
-            raise ValueError(f"unknown providers {unknown}; known: {list(PROVIDER_NAMES)}")
+        _known_providers(value)
         for accounts in value.values():
             for account in accounts.values():
                 token = account.url_token
@@ -231,8 +258,17 @@ class Settings(BaseSettings):
 
     @field_validator("insecure_webhooks")
     @classmethod
-    def _known_providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(value) - set(PROVIDER_NAMES))
-        if unknown:
-            raise ValueError(f"unknown providers {unknown}; known: {list(PROVIDER_NAMES)}")
+    def _insecure_providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        _known_providers(value)
         return value
+
+
+def _known_providers(names: Iterable[str]) -> None:
+    """Names of providers in the registry, or a clear error at start."""
+    # Imported here: the provider modules import this one (Settings is what they read), and
+    # settings are only ever built once every module is loaded.
+    from receiver.providers import PROVIDERS
+
+    unknown = sorted(set(names) - set(PROVIDERS))
+    if unknown:
+        raise ValueError(f"unknown providers {unknown}; known: {sorted(PROVIDERS)}")

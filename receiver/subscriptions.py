@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from receiver import broker_url, cursors, forward_queries, instants, views
-from receiver.db import connection
+from receiver.db import Conn, connection
 from receiver.errors import ApiError, read_body
 from receiver.forward import new_secret
 from receiver.instants import Instant
@@ -200,15 +200,20 @@ async def create(request: web.Request) -> web.Response:
 )
 async def list_all(request: web.Request) -> web.Response:
     query = _query(request, _ListQuery)
-    after = cursors.moment_and_id(query.cursor) if query.cursor else None
     async with connection(request.app[POOL]) as conn:
-        rows = await forward_queries.list_subscriptions(conn, after, query.limit)
+        page = await subscription_page(conn, query.cursor, query.limit)
+    return model_response(page)
+
+
+async def subscription_page(conn: Conn, cursor: str | None, limit: int) -> views.SubscriptionPage:
+    """A page of subscriptions, oldest first, after `cursor` (one this API gave out): the
+    API's list and the console's."""
+    after = cursors.moment_and_id(cursor) if cursor else None
+    rows = await forward_queries.list_subscriptions(conn, after, limit)
     next_cursor = None
-    if len(rows) == query.limit:
+    if len(rows) == limit:
         next_cursor = cursors.encode(rows[-1]["created_at"], rows[-1]["id"])
-    return model_response(
-        views.SubscriptionPage(subscriptions=[_view(r) for r in rows], next_cursor=next_cursor)
-    )
+    return views.SubscriptionPage(subscriptions=[_view(r) for r in rows], next_cursor=next_cursor)
 
 
 def _query(request: web.Request, model: type[M]) -> M:
@@ -279,24 +284,32 @@ async def delete(request: web.Request) -> web.Response:
 )
 async def rotate_secret(request: web.Request) -> web.Response:
     rotate = await _body(request, _Rotate)
-    secret = new_secret()
-    subscription_id = _id(request)
     async with connection(request.app[POOL]) as conn:
-        row = await forward_queries.rotate_secret(
-            conn, subscription_id, secret, rotate.grace_seconds, _MOST_OLD_SECRETS
+        view = await rotated(conn, _id(request), rotate.grace_seconds)
+    return model_response(view)
+
+
+async def rotated(
+    conn: Conn, subscription_id: uuid.UUID, grace_seconds: float
+) -> views.Subscription:
+    """A new secret for a subscription (in its view, shown once): the API's and the console's
+    rotation. ApiError 404 subscription_not_found, 409 with too many old secrets."""
+    secret = new_secret()
+    row = await forward_queries.rotate_secret(
+        conn, subscription_id, secret, grace_seconds, _MOST_OLD_SECRETS
+    )
+    if row is None:
+        current = await forward_queries.get_subscription(conn, subscription_id)
+        if current is None:
+            raise _missing("subscription")
+        expiries = _expiries(current)
+        clears = f"; the first stops signing at {expiries[0].isoformat()}" if expiries else ""
+        raise ApiError(
+            409,
+            "too_many_secrets",
+            f"{_MOST_OLD_SECRETS} earlier secrets are still in their grace period{clears}",
         )
-        if row is None:
-            current = await forward_queries.get_subscription(conn, subscription_id)
-            if current is None:
-                raise _missing("subscription")
-            expiries = _expiries(current)
-            clears = f"; the first stops signing at {expiries[0].isoformat()}" if expiries else ""
-            raise ApiError(
-                409,
-                "too_many_secrets",
-                f"{_MOST_OLD_SECRETS} earlier secrets are still in their grace period{clears}",
-            )
-    return model_response(_view(row, secret))
+    return _view(row, secret)
 
 
 @documented(
@@ -310,19 +323,23 @@ async def rotate_secret(request: web.Request) -> web.Response:
 async def list_deliveries(request: web.Request) -> web.Response:
     subscription_id = _id(request)
     query = _query(request, _DeliveryQuery)
-    after = _delivery_cursor(query.cursor) if query.cursor else None
     async with connection(request.app[POOL]) as conn:
         if await forward_queries.get_subscription(conn, subscription_id) is None:
             raise _missing("subscription")
-        rows = await forward_queries.list_deliveries(
-            conn, subscription_id, query.state, after, query.limit
-        )
+        page = await delivery_page(conn, subscription_id, query.state, query.cursor, query.limit)
+    return model_response(page)
+
+
+async def delivery_page(
+    conn: Conn, subscription_id: uuid.UUID, state: str | None, cursor: str | None, limit: int
+) -> views.DeliveryPage:
+    """A page of a subscription's deliveries, newest first: the API's list and the console's."""
+    after = _delivery_cursor(cursor) if cursor else None
+    rows = await forward_queries.list_deliveries(conn, subscription_id, state, after, limit)
     next_cursor = None
-    if len(rows) == query.limit:
+    if len(rows) == limit:
         next_cursor = cursors.encode(rows[-1]["created_at"], rows[-1]["id"])
-    return model_response(
-        views.DeliveryPage(deliveries=[_delivery(r) for r in rows], next_cursor=next_cursor)
-    )
+    return views.DeliveryPage(deliveries=[_delivery(r) for r in rows], next_cursor=next_cursor)
 
 
 def _delivery_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
@@ -387,12 +404,27 @@ async def replay_range(request: web.Request) -> web.Response:
     subscription_id = _id(request)
     window = await _body(request, _ReplayRange)
     async with connection(request.app[POOL]) as conn:
-        if await forward_queries.get_subscription(conn, subscription_id) is None:
-            raise _missing("subscription")
-        count = await forward_queries.replay_range(
-            conn, subscription_id, window.since, window.until
-        )
+        count = await replay(conn, subscription_id, window.since, window.until)
     return model_response(views.Replayed(replayed=count), status=202)
+
+
+async def replay(
+    conn: Conn, subscription_id: uuid.UUID, since: datetime | None, until: datetime | None
+) -> int:
+    """Replay a subscription's range [since, until): the API's and the console's."""
+    if await forward_queries.get_subscription(conn, subscription_id) is None:
+        raise _missing("subscription")
+    return await forward_queries.replay_range(conn, subscription_id, since, until)
+
+
+def view(row: asyncpg.Record) -> views.Subscription:
+    """A subscription as the API shows it (no secrets): what the console shows too."""
+    return _view(row)
+
+
+def delivery_view(row: asyncpg.Record) -> views.Delivery:
+    """A delivery as the API lists it: what the console shows too."""
+    return _delivery(row)
 
 
 def _delivery(row: asyncpg.Record) -> views.Delivery:

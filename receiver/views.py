@@ -171,6 +171,19 @@ class Receipt(_View):
     events: list[ReceiptEvent]
 
 
+class Erased(_View):
+    """What an erasure of one phone number removed (or, as a dry run, would remove)."""
+
+    erasure: str = Field(description="the erasure's id, as its log line names it")
+    dry_run: bool
+    messages: int
+    events: int
+    aliases: int
+    status_changes: int
+    deliveries: int
+    receipts: int
+
+
 class Subscription(_View):
     id: str
     url: str = Field(description="a broker URL's password shown as ***")

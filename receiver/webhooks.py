@@ -12,17 +12,17 @@ from receiver.errors import ApiError, read_body
 from receiver.keys import JOURNAL, SETTINGS
 from receiver.openapi import Operation, documented
 from receiver.providers import PROVIDERS
-from receiver.providers.base import Provider, Verification
+from receiver.providers.base import Provider, Push, Verification
 from receiver.reports import InvalidReport, Receipt
 
 log = structlog.get_logger()
 
 
-def _pushing_provider(request: web.Request) -> Provider:
+def _pushing_provider(request: web.Request) -> tuple[Provider, Push]:
     provider = PROVIDERS.get(request.match_info["provider"])
-    if provider is None or provider.parse_webhook is None or provider.verify is None:
+    if provider is None or provider.push is None:
         raise ApiError(404, "unknown_provider", "no webhook for this provider")
-    return provider
+    return provider, provider.push
 
 
 @documented(
@@ -41,9 +41,7 @@ def _pushing_provider(request: web.Request) -> Provider:
     )
 )
 async def receive(request: web.Request) -> web.Response:
-    provider = _pushing_provider(request)
-    assert provider.verify is not None
-    assert provider.parse_webhook is not None
+    provider, push = _pushing_provider(request)
     settings = request.app[SETTINGS]
     body = await read_body(request)
 
@@ -58,7 +56,7 @@ async def receive(request: web.Request) -> web.Response:
         verdict = Verification.OK
     else:
         verdict, account = accounts.verify(
-            settings, provider.name, provider.verify, request.headers, body
+            settings, provider.name, push.verify, request.headers, body
         )
     if verdict is Verification.NOT_CONFIGURED and provider.name not in settings.insecure_webhooks:
         log.warning("webhook.not_configured", provider=provider.name)
@@ -76,8 +74,8 @@ async def receive(request: web.Request) -> web.Response:
     try:
         # A batch provider's body is only checked here and parsed in the projector, once:
         # what it costs to validate every report of a batch waits until after the answer.
-        count = provider.check_webhook(body, content_type) if provider.check_webhook else None
-        parsed = None if count is not None else provider.parse_webhook(body, content_type, now())
+        count = push.check(body, content_type) if push.check else None
+        parsed = None if count is not None else push.parse(body, content_type, now())
     except InvalidReport as exc:
         # Authenticated but unreadable: keep the raw body, so a parser fix can still recover it.
         receipt = Receipt(

@@ -4,6 +4,7 @@ database per test cloned from a migrated template, and the app behind a real HTT
 import asyncio
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -72,13 +73,20 @@ def with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """The Postgres server the tests use: the given one, or an embedded one started here."""
     given = os.environ.get("RECEIVER_TEST_DATABASE_URL")
     if given:
         yield given
         return
-    with embedded_postgres(tmp_path_factory.mktemp("pg")) as url:
+    # Not under pytest's own temporary root: every pytest session that starts on this
+    # machine sets that root back to mode 0700, and the embedded server (its own user when
+    # run as root) then loses its data directory mid-run (PANIC: pg_control: permission
+    # denied), failing everything after it.
+    with (
+        tempfile.TemporaryDirectory(prefix="dlr-test-pg-") as scratch,
+        embedded_postgres(Path(scratch)) as url,
+    ):
         yield url
 
 

@@ -41,6 +41,13 @@ class FakeProviders:
     refused: set[str] = field(default_factory=set)  # Infobip queues the account may not read
     in_flight: int = 0
     max_in_flight: int = 0
+    # The credentials this fake account takes (a second account is a second fake server).
+    messente_auth: tuple[str, str] = MESSENTE_AUTH
+    infobip_key: str = INFOBIP_KEY
+    comapi_auth: tuple[str, str] = COMAPI_AUTH
+    mercury_auth: tuple[str, str] = MERCURY_AUTH
+    # Requests refused for wrong credentials, as (provider, target).
+    unauthorized: list[tuple[str, str]] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -74,7 +81,8 @@ class FakeProviders:
         return request.headers.get("Authorization") == expected
 
     async def _messente(self, request: web.Request) -> web.Response:
-        if not self._basic_ok(request, *MESSENTE_AUTH):
+        if not self._basic_ok(request, *self.messente_auth):
+            self.unauthorized.append(("messente", request.match_info["id"]))
             return web.json_response({"errors": [{"code": "103"}]}, status=401)
         omni = request.match_info["id"]
         failed = await self._enter("messente", omni)
@@ -89,7 +97,8 @@ class FakeProviders:
         )
 
     async def _infobip(self, request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != f"App {INFOBIP_KEY}":
+        if request.headers.get("Authorization") != f"App {self.infobip_key}":
+            self.unauthorized.append(("infobip", request.path))
             return web.json_response({"requestError": {}}, status=401)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -110,7 +119,8 @@ class FakeProviders:
             self.in_flight -= 1
 
     async def _comapi(self, request: web.Request) -> web.Response:
-        if not self._basic_ok(request, *COMAPI_AUTH):
+        if not self._basic_ok(request, *self.comapi_auth):
+            self.unauthorized.append(("comapi", request.match_info["id"]))
             return web.json_response({}, status=401)
         message_id = request.match_info["id"]
         failed = await self._enter("comapi", message_id)
@@ -121,7 +131,8 @@ class FakeProviders:
         return web.json_response(self.comapi[message_id])
 
     async def _mercury(self, request: web.Request) -> web.Response:
-        if not self._basic_ok(request, *MERCURY_AUTH):
+        if not self._basic_ok(request, *self.mercury_auth):
+            self.unauthorized.append(("mercury", request.match_info["id"]))
             return web.json_response({"error": "unauthorized", "errorCode": 401}, status=401)
         dispatch = request.match_info["id"]
         failed = await self._enter("mercury", dispatch)

@@ -4,7 +4,7 @@ rules, and write messages, aliases, events and deliveries in one statement."""
 import hashlib
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -52,7 +52,7 @@ class Entry:
 async def apply(
     conn: Conn,
     batch: Sequence[tuple[Entry, Sequence[StatusUpdate]]],
-    polled_providers: Sequence[str] = (),
+    polled: Collection[tuple[str, str | None]] = (),
     first_poll_in: float = 30.0,
 ) -> list[int]:
     """Apply journal entries to the timeline: read the messages they touch with their events,
@@ -103,7 +103,9 @@ async def apply(
     messages: list[queries.MessageRow] = []
     changes: list[StatusChange] = []
     for key, state in states.items():
-        row, change = state.settle(key, key[0] in polled_providers, recording)
+        # Scheduled only if the account the message came by polls it (None: registered
+        # without naming an account, the default account's).
+        row, change = state.settle(key, (key[0], state.info["account"]) in polled, recording)
         if row is not None:
             messages.append(row)
         if change is not None:

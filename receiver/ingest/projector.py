@@ -10,7 +10,7 @@ rows behind it.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -67,14 +67,15 @@ class Projector:
         *,
         max_updates: int = 5000,
         idle_poll: float = 0.5,
-        polled_providers: Sequence[str] = (),
+        # (provider, account) pairs whose new unfinished messages are scheduled for polls.
+        polled: Collection[tuple[str, str | None]] = (),
         first_poll_in: float = 30.0,
         metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
         self._max_updates = max_updates
         self._idle_poll = idle_poll
-        self._polled_providers = tuple(polled_providers)
+        self._polled = frozenset(polled)
         self._first_poll_in = first_poll_in
         self._metrics = metrics or Metrics()
         self._wake = asyncio.Event()
@@ -84,6 +85,8 @@ class Projector:
         self.progress = queries.Progress((0, 0))
         # The journal row being applied in parts, parsed once.
         self._large: _Row | None = None
+        # The rows after the batch being applied, read and parsed while Postgres writes it.
+        self._ahead: tuple[queries.Position, asyncio.Task[list[_Row]]] | None = None
         # Batches committed, for tests and /metrics.
         self.batches = 0
 
@@ -93,6 +96,7 @@ class Projector:
 
     def stop(self) -> None:
         self._stopping = True
+        self._drop_ahead()
         self._wake.set()
 
     async def run(self) -> None:
@@ -137,6 +141,8 @@ class Projector:
             if not rows:
                 self._seen(before)
                 return 0
+            if not careful and after.part is None:
+                self._read_ahead(after.upto, conn.get_server_pid())
             if careful:
                 await self._apply_carefully(conn, rows)
             else:
@@ -171,9 +177,12 @@ class Projector:
         its whole length); the rows after it go in beside its parts, up to half of each."""
         budget = self._max_updates
         if at.part is None:
-            found = [
-                _decode(r) for r in await queries.read_journal(conn, at.upto, bound, 1000, budget)
-            ]
+            found = await self._taken_ahead(at.upto)
+            if found is None:
+                found = [
+                    _decode(r)
+                    for r in await queries.read_journal(conn, at.upto, bound, 1000, budget)
+                ]
             if not found:
                 return [], at
             rows = _fitting(found, budget)
@@ -202,6 +211,43 @@ class Projector:
             return [part, *behind], queries.Progress(at.upto, at.part, done, ahead)
         self._large = None
         return [part, *behind], queries.Progress(ahead or at.part)
+
+    def _read_ahead(self, start: queries.Position, projecting_pid: int) -> None:
+        """Read and parse the rows after `start` on a connection of their own, while this
+        batch is written: parsing is most of the projector's own CPU, and it used to wait for
+        Postgres, and Postgres for it. The next batch takes them if it starts where this one
+        ends (another projector may have taken the turn, or this batch may fail)."""
+        self._drop_ahead()
+
+        async def read() -> list[_Row]:
+            async with connection(self._pool) as conn:
+                # The batch being written holds an xid; it writes no journal rows.
+                bound = await queries.writers_bound(conn, projecting_pid)
+                found = await queries.read_journal(conn, start, bound, 1000, self._max_updates)
+            return [_decode(r) for r in found]
+
+        self._ahead = (start, asyncio.create_task(read(), name="project-read-ahead"))
+
+    async def _taken_ahead(self, start: queries.Position) -> list[_Row] | None:
+        """The rows read ahead from `start`, if that is where they were read from."""
+        if self._ahead is None:
+            return None
+        at, task = self._ahead
+        self._ahead = None
+        if at != start:
+            task.cancel()
+            return None
+        try:
+            return await task
+        except Exception as exc:
+            # Read again the ordinary way, which says what is wrong if it is still wrong.
+            log.warning("project.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
+            return None
+
+    def _drop_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead[1].cancel()
+            self._ahead = None
 
     def _part(self, start: int, size: int) -> _Row:
         """Updates [start, start + size) of the row being applied in parts; what its parse
@@ -242,7 +288,7 @@ class Projector:
         return await apply(
             conn,
             [(row.entry, row.updates or ()) for row in rows],
-            self._polled_providers,
+            self._polled,
             self._first_poll_in,
         )
 
@@ -337,12 +383,11 @@ def _parse(record: asyncpg.Record, position: tuple[int, int], entry: Entry) -> _
     """A body journaled unparsed: read now, with the parser of its provider. What it cannot
     read is written to the receipt's problem, as the request path would have."""
     provider = PROVIDERS.get(record["provider"])
-    if provider is None or provider.parse_webhook is None:
+    parse = provider.report_parser() if provider is not None else None
+    if parse is None:
         return _Row(position, entry, record["provider"], None, "no parser for this provider")
     try:
-        parsed = provider.parse_webhook(
-            record["body"], record["content_type"], record["received_at"]
-        )
+        parsed = parse(record["body"], record["content_type"], record["received_at"])
     except InvalidReport as exc:
         parsed = Parsed([], [str(exc)])
     except Exception as exc:

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, SecretStr, ValidationError
 
 from receiver.reports import InvalidReport, Parsed, StatusUpdate
 from receiver.retry_after import parse_retry_after
-from receiver.settings import Settings
+from receiver.settings import Account, Settings
 
 
 class Verification(Enum):
@@ -36,8 +36,8 @@ class Registration:
     channel: str | None = None
 
 
-# verify(settings, headers, raw body) -> Verification
-Verifier = Callable[[Settings, Mapping[str, str], bytes], Verification]
+# verify(account, headers, raw body) -> Verification, against that account's secret
+Verifier = Callable[[Account, Mapping[str, str], bytes], Verification]
 # parse(raw body, content type, arrival time) -> Parsed
 WebhookParser = Callable[[bytes, str | None, datetime], Parsed]
 # A batch provider's cheap look at a body on the acknowledgement path: InvalidReport for what
@@ -77,23 +77,67 @@ class PollError(Exception):
         self.retry_after = retry_after
 
 
-# poll(client session, settings, target) -> Fetched, for providers polled message by message.
-Poller = Callable[[aiohttp.ClientSession, Settings, PollTarget], Awaitable[Fetched]]
+# poll(client session, account, target) -> Fetched, for providers polled message by message.
+Poller = Callable[[aiohttp.ClientSession, Account, PollTarget], Awaitable[Fetched]]
+# fetch(client session, account, queue path) -> the raw body of one batch of a report queue.
+QueueFetcher = Callable[[aiohttp.ClientSession, Account, str], Awaitable[bytes]]
+# Whether an account holds what a capability needs (credentials, a base URL).
+Ready = Callable[[Account], bool]
+
+
+@dataclass(frozen=True)
+class Push:
+    """The provider pushes reports to POST /webhooks/{provider}[/{token}]."""
+
+    verify: Verifier
+    parse: WebhookParser
+    # Given, the webhook's full parse runs in the projector, once, and the request path only
+    # checks the body (see receiver/webhooks.py); otherwise it parses on the request path.
+    check: WebhookChecker | None = None
+
+
+@dataclass(frozen=True)
+class MessagePolling:
+    """The provider answers a status request per message (or per group of messages)."""
+
+    fetch: Poller
+    ready: Ready
+    # One request answers for a whole group (a Mercury dispatch): poll it once for all its
+    # members rather than once per member.
+    by_group: bool = False
+
+
+@dataclass(frozen=True)
+class QueueDrain:
+    """The provider keeps reports in once-only queues that are fetched until empty (Infobip):
+    every batch is committed before the next call, one drainer per account at a time."""
+
+    paths: tuple[str, ...]
+    fetch: QueueFetcher
+    parse: WebhookParser
+    ready: Ready
 
 
 @dataclass(frozen=True)
 class Provider:
+    """What a provider can do. The webhook route, the poller and the accounts' settings follow
+    from these capabilities alone: a capability left None is one the provider has not."""
+
     name: str
-    parse_registration: RegistrationParser
-    # None for a provider that never pushes (Mercury is only polled).
-    verify: Verifier | None = None
-    parse_webhook: WebhookParser | None = None
-    # Given, the webhook's full parse runs in the projector, once, and the request path only
-    # checks the body (see receiver/webhooks.py); otherwise it parses on the request path.
-    check_webhook: WebhookChecker | None = None
-    # Per-message status polling, and whether the settings hold what it needs.
-    poll: Poller | None = None
-    poll_configured: Callable[[Settings], bool] | None = None
+    # Registering a send (POST /v1/messages/{provider}).
+    parse_registration: RegistrationParser | None = None
+    push: Push | None = None
+    poll: MessagePolling | None = None
+    drain: QueueDrain | None = None
+    # The default account, from the RECEIVER_<PROVIDER>_* variables; also where a named
+    # account's unset base URL and time zone come from.
+    default_account: Callable[[Settings], Account] | None = None
+
+    def report_parser(self) -> WebhookParser | None:
+        """What reads a stored report body again (projector, reprocess), pushed or drained."""
+        if self.push is not None:
+            return self.push.parse
+        return self.drain.parse if self.drain is not None else None
 
 
 def _to_utc(moment: datetime) -> datetime:

@@ -12,8 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from receiver.jsonio import jsonb_text, loads, model_jsonb_text
 from receiver.providers.base import (
     Fetched,
+    MessagePolling,
+    PollError,
     PollTarget,
     Provider,
+    Push,
     Registration,
     Timestamp,
     Verification,
@@ -33,7 +36,7 @@ from receiver.reports import (
     nul_field,
     nul_problem,
 )
-from receiver.settings import Settings
+from receiver.settings import Account, Settings
 from receiver.status import Status
 
 NAME = "comapi"
@@ -101,11 +104,9 @@ class _Envelope(BaseModel):
     timestamp: Timestamp | None = None
 
 
-def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verification:
+def verify(account: Account, headers: Mapping[str, str], body: bytes) -> Verification:
     """X-Comapi-Signature: lowercase hex HMAC-SHA1 of the raw body with the webhook secret."""
-    return verify_hex_hmac(
-        settings.comapi_webhook_secret, headers, "X-Comapi-Signature", body, "sha1"
-    )
+    return verify_hex_hmac(account.secret, headers, "X-Comapi-Signature", body, "sha1")
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -338,17 +339,25 @@ class _Message(BaseModel):
     sentOn: Timestamp | None = None  # noqa: N815
 
 
-def poll_configured(settings: Settings) -> bool:
-    return bool(settings.comapi_api_username and settings.comapi_api_password)
-
-
-async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollTarget) -> Fetched:
-    assert settings.comapi_api_username
-    assert settings.comapi_api_password
-    url = f"{settings.comapi_base_url.rstrip('/')}/cpaas/messages/{quote(target.key, safe='')}"
-    headers = basic_auth(
-        settings.comapi_api_username, settings.comapi_api_password.get_secret_value()
+def default_account(settings: Settings) -> Account:
+    """RECEIVER_COMAPI_*: the webhook secret, and the API user that polls."""
+    return Account(
+        secret=settings.comapi_webhook_secret,
+        api_username=settings.comapi_api_username,
+        api_password=settings.comapi_api_password,
+        base_url=settings.comapi_base_url,
     )
+
+
+def poll_ready(account: Account) -> bool:
+    return bool(account.api_username and account.api_password and account.base_url)
+
+
+async def poll(session: aiohttp.ClientSession, account: Account, target: PollTarget) -> Fetched:
+    if not (account.api_username and account.api_password and account.base_url):
+        raise PollError("the account has no Comapi API credentials")
+    url = f"{account.base_url.rstrip('/')}/cpaas/messages/{quote(target.key, safe='')}"
+    headers = basic_auth(account.api_username, account.api_password.get_secret_value())
     body = await fetch(session, url, headers=headers)
     if body is None:
         # Batch sends take a few seconds to become visible; the next poll will see it.
@@ -384,9 +393,7 @@ async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollT
 PROVIDER = Provider(
     name=NAME,
     parse_registration=parse_registration,
-    verify=verify,
-    parse_webhook=parse_webhook,
-    check_webhook=check_webhook,
-    poll=poll,
-    poll_configured=poll_configured,
+    push=Push(verify=verify, parse=parse_webhook, check=check_webhook),
+    poll=MessagePolling(fetch=poll, ready=poll_ready),
+    default_account=default_account,
 )

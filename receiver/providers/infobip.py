@@ -2,6 +2,7 @@
 verification, send-response registration, and its status groups."""
 
 import base64
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
@@ -12,7 +13,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from receiver.jsonio import loads, model_jsonb_text
 from receiver.providers import xmlbody
 from receiver.providers.base import (
+    PollError,
     Provider,
+    Push,
+    QueueDrain,
     Registration,
     Timestamp,
     Verification,
@@ -31,7 +35,7 @@ from receiver.reports import (
     nul_field,
     nul_problem,
 )
-from receiver.settings import Settings
+from receiver.settings import Account, Settings
 from receiver.status import Status
 
 NAME = "infobip"
@@ -111,14 +115,18 @@ class _Report(BaseModel):
     platform: Any = None
 
 
-def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verification:
+def verify(account: Account, headers: Mapping[str, str], body: bytes) -> Verification:
     """HTTP Basic, as set on the Infobip subscription's security settings."""
-    user, password = settings.infobip_webhook_username, settings.infobip_webhook_password
+    user, password = account.username, account.secret
     if not user or password is None:
         return Verification.NOT_CONFIGURED
     given = header(headers, "Authorization")
     if not given:
         return Verification.MISSING
+    # The header as Infobip writes it is one comparison; any other spelling of the same
+    # credentials (scheme case, padding of the value) is decoded below.
+    if same(_basic_header(user, password.get_secret_value()), given):
+        return Verification.OK
     scheme, _, encoded = given.partition(" ")
     if scheme.lower() != "basic":
         return Verification.BAD
@@ -132,6 +140,11 @@ def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verif
     user_ok = same(user, given_user)
     password_ok = same(password.get_secret_value(), given_password)
     return Verification.OK if user_ok and password_ok else Verification.BAD
+
+
+@functools.lru_cache(maxsize=8)
+def _basic_header(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 class _Batch(BaseModel):
@@ -344,17 +357,29 @@ REPORT_PATHS = ("/sms/1/reports", "/sms/3/reports", "/omni/1/reports", "/message
 REPORT_LIMIT = 1000  # the documented maximum per call
 
 
-def poll_configured(settings: Settings) -> bool:
-    return settings.infobip_api_key is not None
+def default_account(settings: Settings) -> Account:
+    """RECEIVER_INFOBIP_*: the webhook's Basic credentials, and the API key that drains."""
+    return Account(
+        secret=settings.infobip_webhook_password,
+        username=settings.infobip_webhook_username,
+        api_key=settings.infobip_api_key,
+        base_url=settings.infobip_base_url,
+        poll_interval=settings.infobip_poll_interval,
+    )
 
 
-async def fetch_reports(session: aiohttp.ClientSession, settings: Settings, path: str) -> bytes:
-    assert settings.infobip_api_key is not None
+def drain_ready(account: Account) -> bool:
+    return account.api_key is not None and account.base_url is not None
+
+
+async def fetch_reports(session: aiohttp.ClientSession, account: Account, path: str) -> bytes:
+    if account.api_key is None or account.base_url is None:
+        raise PollError("the account has no Infobip API key")
     headers = {
-        "Authorization": f"App {settings.infobip_api_key.get_secret_value()}",
+        "Authorization": f"App {account.api_key.get_secret_value()}",
         "Accept": "application/json",
     }
-    url = settings.infobip_base_url.rstrip("/") + path
+    url = account.base_url.rstrip("/") + path
     body = await fetch(session, url, headers=headers, params={"limit": str(REPORT_LIMIT)})
     return b'{"results": []}' if body is None else body
 
@@ -362,7 +387,10 @@ async def fetch_reports(session: aiohttp.ClientSession, settings: Settings, path
 PROVIDER = Provider(
     name=NAME,
     parse_registration=parse_registration,
-    verify=verify,
-    parse_webhook=parse_webhook,
-    check_webhook=check_webhook,
+    push=Push(verify=verify, parse=parse_webhook, check=check_webhook),
+    # Infobip messages are not polled one by one: their reports are drained from the queues.
+    drain=QueueDrain(
+        paths=REPORT_PATHS, fetch=fetch_reports, parse=parse_webhook, ready=drain_ready
+    ),
+    default_account=default_account,
 )

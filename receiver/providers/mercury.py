@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from receiver.jsonio import jsonb_text, model_jsonb_text
 from receiver.providers.base import (
     Fetched,
+    MessagePolling,
+    PollError,
     PollTarget,
     Provider,
     Registration,
@@ -21,7 +23,7 @@ from receiver.providers.base import (
     invalid,
 )
 from receiver.reports import InvalidReport, StatusUpdate
-from receiver.settings import Settings
+from receiver.settings import Account, Settings
 from receiver.status import Status
 
 NAME = "mercury"
@@ -167,7 +169,8 @@ CHANNELS = {1: "sms", 2: "email"}  # messageTypeId
 def local_to_utc(moment: datetime | None, zone: ZoneInfo) -> datetime | None:
     """Mercury writes times without a zone, in the account's local time: the seed's own
     SendMessages sample sends at `2016-05-12T10:00:00+03:00` and its dispatch shows `sendAt
-    2016-05-12T10:00:00`. So the zone is the account's (RECEIVER_MERCURY_TIME_ZONE)."""
+    2016-05-12T10:00:00`. So the zone is the account's (`time_zone`; the default account's is
+    RECEIVER_MERCURY_TIME_ZONE)."""
     if moment is None:
         return None
     if moment.tzinfo is None:
@@ -178,20 +181,27 @@ def local_to_utc(moment: datetime | None, zone: ZoneInfo) -> datetime | None:
         raise ValueError("timestamp out of range") from None
 
 
-def poll_configured(settings: Settings) -> bool:
-    return bool(
-        settings.mercury_base_url and settings.mercury_username and settings.mercury_password
+def default_account(settings: Settings) -> Account:
+    """RECEIVER_MERCURY_*, with RECEIVER_MERCURY_TIME_ZONE as the account's local time."""
+    return Account(
+        api_username=settings.mercury_username,
+        api_password=settings.mercury_password,
+        base_url=settings.mercury_base_url,
+        time_zone=settings.mercury_time_zone,
     )
 
 
-async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollTarget) -> Fetched:
-    assert settings.mercury_base_url
-    assert settings.mercury_username
-    assert settings.mercury_password
-    zone = settings.mercury_time_zone
+def poll_ready(account: Account) -> bool:
+    return bool(account.base_url and account.api_username and account.api_password)
+
+
+async def poll(session: aiohttp.ClientSession, account: Account, target: PollTarget) -> Fetched:
+    if not (account.base_url and account.api_username and account.api_password):
+        raise PollError("the account has no Mercury API credentials")
+    zone = account.time_zone or "UTC"
     dispatch = target.group or target.key.split(":", 1)[0]
-    url = f"{settings.mercury_base_url.rstrip('/')}/api/Dispatches/{quote(dispatch, safe='')}"
-    headers = basic_auth(settings.mercury_username, settings.mercury_password.get_secret_value())
+    url = f"{account.base_url.rstrip('/')}/api/Dispatches/{quote(dispatch, safe='')}"
+    headers = basic_auth(account.api_username, account.api_password.get_secret_value())
     body = await fetch(session, url, headers=headers)
     if body is None:
         return Fetched(b"", [], [f"Mercury does not know dispatch {dispatch} (404)"])
@@ -230,5 +240,9 @@ async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollT
 
 
 PROVIDER = Provider(
-    name=NAME, parse_registration=parse_registration, poll=poll, poll_configured=poll_configured
+    name=NAME,
+    parse_registration=parse_registration,
+    # One dispatch request answers for all its recipients.
+    poll=MessagePolling(fetch=poll, ready=poll_ready, by_group=True),
+    default_account=default_account,
 )

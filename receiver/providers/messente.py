@@ -6,13 +6,16 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from receiver.jsonio import loads, model_jsonb_text
 from receiver.providers.base import (
     Fetched,
+    MessagePolling,
+    PollError,
     PollTarget,
     Provider,
+    Push,
     Registration,
     Timestamp,
     Verification,
@@ -32,7 +35,7 @@ from receiver.reports import (
     nul_field,
     nul_problem,
 )
-from receiver.settings import Settings
+from receiver.settings import Account, Settings
 from receiver.status import Status
 
 NAME = "messente"
@@ -74,11 +77,9 @@ class _DeliveryResult(BaseModel):
     price_info: dict[str, Any] | None = None
 
 
-def verify(settings: Settings, headers: Mapping[str, str], body: bytes) -> Verification:
+def verify(account: Account, headers: Mapping[str, str], body: bytes) -> Verification:
     """X-Messente-Signature: hex HMAC-SHA256 of the raw body, keyed with the API password."""
-    return verify_hex_hmac(
-        settings.messente_api_password, headers, "X-Messente-Signature", body, "sha256"
-    )
+    return verify_hex_hmac(account.secret, headers, "X-Messente-Signature", body, "sha256")
 
 
 def sign(password: str, body: bytes) -> str:
@@ -221,18 +222,31 @@ class _StatusResponse(BaseModel):
     statuses: list[dict[str, Any]] = Field(default_factory=list)
 
 
-def poll_configured(settings: Settings) -> bool:
-    return bool(settings.messente_api_username and settings.messente_api_password)
-
-
-async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollTarget) -> Fetched:
-    assert settings.messente_api_username
-    assert settings.messente_api_password
-    base = settings.messente_base_url.rstrip("/")
-    url = f"{base}/v1/omnimessage/{quote(target.key, safe='')}/status"
-    headers = basic_auth(
-        settings.messente_api_username, settings.messente_api_password.get_secret_value()
+def default_account(settings: Settings) -> Account:
+    """RECEIVER_MESSENTE_*: one API key, whose password both signs reports and polls."""
+    return Account(
+        secret=settings.messente_api_password,
+        api_username=settings.messente_api_username,
+        base_url=settings.messente_base_url,
     )
+
+
+def _api_password(account: Account) -> SecretStr | None:
+    # Messente's API password is the signature key too: `secret` serves for both.
+    return account.api_password or account.secret
+
+
+def poll_ready(account: Account) -> bool:
+    return bool(account.api_username and _api_password(account) and account.base_url)
+
+
+async def poll(session: aiohttp.ClientSession, account: Account, target: PollTarget) -> Fetched:
+    password = _api_password(account)
+    if not (account.api_username and password and account.base_url):
+        raise PollError("the account has no Messente API credentials")
+    base = account.base_url.rstrip("/")
+    url = f"{base}/v1/omnimessage/{quote(target.key, safe='')}/status"
+    headers = basic_auth(account.api_username, password.get_secret_value())
     body = await fetch(session, url, headers=headers)
     if body is None:
         return Fetched(b"", [], ["Messente does not know this omnimessage (404)"])
@@ -265,9 +279,7 @@ async def poll(session: aiohttp.ClientSession, settings: Settings, target: PollT
 PROVIDER = Provider(
     name=NAME,
     parse_registration=parse_registration,
-    verify=verify,
-    check_webhook=check_webhook,
-    parse_webhook=parse_webhook,
-    poll=poll,
-    poll_configured=poll_configured,
+    push=Push(verify=verify, parse=parse_webhook, check=check_webhook),
+    poll=MessagePolling(fetch=poll, ready=poll_ready),
+    default_account=default_account,
 )

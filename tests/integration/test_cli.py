@@ -209,3 +209,24 @@ def test_serve_with_two_workers_shares_one_port(database_url: str) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "2024-13-01", "2024-01-01\x01"],
+)
+async def test_reprocess_with_a_moment_outside_utc_is_a_usage_error_not_a_traceback(
+    database_url: str, moment: str
+) -> None:
+    # Valid ISO 8601 outside years 1-9999 once in UTC reached the query and died there.
+    env = clean_env(RECEIVER_DATABASE_URL=database_url)
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "receiver", "reprocess", "--dry-run", "--since", moment),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"Traceback" not in out + err
+    assert b"argument --since" in err

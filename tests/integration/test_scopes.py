@@ -56,6 +56,7 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, str]] = [
         "admin",
     ),
     ("GET", "/v1/subscriptions", "/v1/subscriptions", None, "admin"),
+    ("POST", "/v1/erasures", "/v1/erasures", {"phone": "+3725555555", "dry_run": True}, "admin"),
     ("GET", "/v1/subscriptions/{id}", f"/v1/subscriptions/{SOME_ID}", None, "admin"),
     ("PATCH", "/v1/subscriptions/{id}", f"/v1/subscriptions/{SOME_ID}", {}, "admin"),
     ("DELETE", "/v1/subscriptions/{id}", f"/v1/subscriptions/{SOME_ID}", None, "admin"),

@@ -8,19 +8,19 @@ from pydantic import SecretStr
 from receiver.providers import comapi
 from receiver.providers.base import Registration, Verification
 from receiver.reports import InvalidReport
-from receiver.settings import Settings
+from receiver.settings import Account
 from receiver.status import Status
 from tests.payloads import load, raw
 
 NOW = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 SECRET = "a-webhook-secret-of-36-characters-xx"
-SETTINGS = Settings(comapi_webhook_secret=SecretStr(SECRET))
+ACCOUNT = Account(secret=SecretStr(SECRET))
 
 
 def test_hmac_sha1_hex_signature_verifies() -> None:
     body = raw("comapi", "single_failed.json")
     headers = {"X-Comapi-Signature": comapi.sign(SECRET, body)}
-    assert comapi.verify(SETTINGS, headers, body) is Verification.OK
+    assert comapi.verify(ACCOUNT, headers, body) is Verification.OK
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_hmac_sha1_hex_signature_verifies() -> None:
 )
 def test_bad_or_missing_signatures_fail(signature: str | None, expected: Verification) -> None:
     headers = {} if signature is None else {"X-Comapi-Signature": signature}
-    assert comapi.verify(SETTINGS, headers, b"{}") is expected
+    assert comapi.verify(ACCOUNT, headers, b"{}") is expected
 
 
 def test_sha256_signature_is_not_accepted() -> None:
@@ -42,7 +42,7 @@ def test_sha256_signature_is_not_accepted() -> None:
 
     body = b"{}"
     sha256 = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    assert comapi.verify(SETTINGS, {"X-Comapi-Signature": sha256}, body) is Verification.BAD
+    assert comapi.verify(ACCOUNT, {"X-Comapi-Signature": sha256}, body) is Verification.BAD
 
 
 def test_batch_with_failover_gives_each_channel_its_attempt() -> None:

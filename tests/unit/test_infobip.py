@@ -10,12 +10,12 @@ from pydantic import SecretStr
 from receiver.providers import infobip
 from receiver.providers.base import Registration, Verification
 from receiver.reports import InvalidReport
-from receiver.settings import Settings
+from receiver.settings import Account
 from receiver.status import Status
 from tests.payloads import load, raw
 
 NOW = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
-SETTINGS = Settings(infobip_webhook_username="ib", infobip_webhook_password=SecretStr("s3cret"))
+ACCOUNT = Account(username="ib", secret=SecretStr("s3cret"))
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -31,14 +31,24 @@ def basic(user: str, password: str) -> dict[str, str]:
         ({"Authorization": "Bearer s3cret"}, Verification.BAD),  # wrong scheme
         ({"Authorization": "Basic !!!not-base64"}, Verification.BAD),  # garbage credentials
         ({}, Verification.MISSING),
+        # Other spellings of the right credentials: the header is not compared as text only.
+        (
+            {"Authorization": basic("ib", "s3cret")["Authorization"].replace("Basic", "basic")},
+            Verification.OK,
+        ),
+        (
+            {"Authorization": basic("ib", "s3cret")["Authorization"].replace(" ", "   ")},
+            Verification.OK,
+        ),
+        ({"Authorization": basic("ib", "s3cret")["Authorization"] + "x"}, Verification.BAD),
     ],
 )
 def test_basic_credentials_are_checked(headers: dict[str, str], expected: Verification) -> None:
-    assert infobip.verify(SETTINGS, headers, b"{}") is expected
+    assert infobip.verify(ACCOUNT, headers, b"{}") is expected
 
 
 def test_without_credentials_configured_verification_is_not_configured() -> None:
-    assert infobip.verify(Settings(), basic("a", "b"), b"{}") is Verification.NOT_CONFIGURED
+    assert infobip.verify(Account(), basic("a", "b"), b"{}") is Verification.NOT_CONFIGURED
 
 
 def test_sms_v2_batch_parses_every_report_with_its_error() -> None:

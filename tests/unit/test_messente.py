@@ -9,45 +9,46 @@ from pydantic import SecretStr
 from receiver.providers import messente
 from receiver.providers.base import Registration, Verification
 from receiver.reports import InvalidReport
-from receiver.settings import Settings
+from receiver.settings import Account
 from receiver.status import Status
 from tests.payloads import load, raw
 
 NOW = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
-SETTINGS = Settings(messente_api_password=SecretStr("pw"))
+# The account whose API password signs the reports.
+ACCOUNT = Account(secret=SecretStr("pw"))
 
 
 def test_signature_over_raw_bytes_verifies() -> None:
     body = raw("messente", "dlr_sms_rejected.json")
     headers = {"X-Messente-Signature": messente.sign("pw", body)}
-    assert messente.verify(SETTINGS, headers, body) is Verification.OK
+    assert messente.verify(ACCOUNT, headers, body) is Verification.OK
 
 
 def test_signature_accepts_upper_case_hex() -> None:
     body = b'{"a": 1}'
     headers = {"X-Messente-Signature": messente.sign("pw", body).upper()}
-    assert messente.verify(SETTINGS, headers, body) is Verification.OK
+    assert messente.verify(ACCOUNT, headers, body) is Verification.OK
 
 
 def test_signature_of_reserialised_json_does_not_verify() -> None:
     body = raw("messente", "dlr_sms_rejected.json")
     reserialised = json.dumps(json.loads(body)).encode()
     headers = {"X-Messente-Signature": messente.sign("pw", reserialised)}
-    assert messente.verify(SETTINGS, headers, body) is Verification.BAD
+    assert messente.verify(ACCOUNT, headers, body) is Verification.BAD
 
 
 def test_signature_with_another_key_is_bad() -> None:
     body = b"{}"
     headers = {"X-Messente-Signature": messente.sign("other", body)}
-    assert messente.verify(SETTINGS, headers, body) is Verification.BAD
+    assert messente.verify(ACCOUNT, headers, body) is Verification.BAD
 
 
 def test_missing_signature_is_missing() -> None:
-    assert messente.verify(SETTINGS, {}, b"{}") is Verification.MISSING
+    assert messente.verify(ACCOUNT, {}, b"{}") is Verification.MISSING
 
 
 def test_without_a_password_verification_is_not_configured() -> None:
-    assert messente.verify(Settings(), {"X-Messente-Signature": "ab"}, b"{}") is (
+    assert messente.verify(Account(), {"X-Messente-Signature": "ab"}, b"{}") is (
         Verification.NOT_CONFIGURED
     )
 

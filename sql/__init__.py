@@ -1,0 +1,1 @@
+"""The schema migrations (sql/migrations), shipped inside the package as receiver.sql."""

@@ -85,8 +85,6 @@ class Projector:
         self.progress = queries.Progress((0, 0))
         # The journal row being applied in parts, parsed once.
         self._large: _Row | None = None
-        # The rows after the batch being applied, read and parsed while Postgres writes it.
-        self._ahead: tuple[queries.Position, asyncio.Task[list[_Row]]] | None = None
         # Batches committed, for tests and /metrics.
         self.batches = 0
 
@@ -96,7 +94,6 @@ class Projector:
 
     def stop(self) -> None:
         self._stopping = True
-        self._drop_ahead()
         self._wake.set()
 
     async def run(self) -> None:
@@ -141,8 +138,6 @@ class Projector:
             if not rows:
                 self._seen(before)
                 return 0
-            if not careful and after.part is None:
-                self._read_ahead(after.upto, conn.get_server_pid())
             if careful:
                 await self._apply_carefully(conn, rows)
             else:
@@ -177,12 +172,9 @@ class Projector:
         its whole length); the rows after it go in beside its parts, up to half of each."""
         budget = self._max_updates
         if at.part is None:
-            found = await self._taken_ahead(at.upto)
-            if found is None:
-                found = [
-                    _decode(r)
-                    for r in await queries.read_journal(conn, at.upto, bound, 1000, budget)
-                ]
+            found = [
+                _decode(r) for r in await queries.read_journal(conn, at.upto, bound, 1000, budget)
+            ]
             if not found:
                 return [], at
             rows = _fitting(found, budget)
@@ -211,43 +203,6 @@ class Projector:
             return [part, *behind], queries.Progress(at.upto, at.part, done, ahead)
         self._large = None
         return [part, *behind], queries.Progress(ahead or at.part)
-
-    def _read_ahead(self, start: queries.Position, projecting_pid: int) -> None:
-        """Read and parse the rows after `start` on a connection of their own, while this
-        batch is written: parsing is most of the projector's own CPU, and it used to wait for
-        Postgres, and Postgres for it. The next batch takes them if it starts where this one
-        ends (another projector may have taken the turn, or this batch may fail)."""
-        self._drop_ahead()
-
-        async def read() -> list[_Row]:
-            async with connection(self._pool) as conn:
-                # The batch being written holds an xid; it writes no journal rows.
-                bound = await queries.writers_bound(conn, projecting_pid)
-                found = await queries.read_journal(conn, start, bound, 1000, self._max_updates)
-            return [_decode(r) for r in found]
-
-        self._ahead = (start, asyncio.create_task(read(), name="project-read-ahead"))
-
-    async def _taken_ahead(self, start: queries.Position) -> list[_Row] | None:
-        """The rows read ahead from `start`, if that is where they were read from."""
-        if self._ahead is None:
-            return None
-        at, task = self._ahead
-        self._ahead = None
-        if at != start:
-            task.cancel()
-            return None
-        try:
-            return await task
-        except Exception as exc:
-            # Read again the ordinary way, which says what is wrong if it is still wrong.
-            log.warning("project.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
-            return None
-
-    def _drop_ahead(self) -> None:
-        if self._ahead is not None:
-            self._ahead[1].cancel()
-            self._ahead = None
 
     def _part(self, start: int, size: int) -> _Row:
         """Updates [start, start + size) of the row being applied in parts; what its parse

@@ -171,7 +171,7 @@ _WRITERS_BOUND = """
                               + 4294967296) % 4294967296)
          from pg_stat_activity a
          where a.datname = current_database() and a.backend_xid is not null
-           and a.pid <> pg_backend_pid() and a.pid <> $1),
+           and a.pid <> pg_backend_pid()),
         (select min(next.x - ((next.x % 4294967296) - p.transaction::text::bigint
                               + 4294967296) % 4294967296)
          from pg_prepared_xacts p
@@ -181,7 +181,7 @@ _WRITERS_BOUND = """
 """
 
 
-async def writers_bound(conn: Conn, projecting_pid: int = 0) -> int:
+async def writers_bound(conn: Conn) -> int:
     """The xid below which every transaction that could write this journal has ended: only
     rows below it may be projected. A transaction still open may yet commit rows with lower
     ids than rows already visible, and the watermark must never pass them.
@@ -196,11 +196,8 @@ async def writers_bound(conn: Conn, projecting_pid: int = 0) -> int:
     an xid below the bound got that xid before the snapshot; had it still been running at the
     read, it would have been listed, and the bound would be at most its xid. So it has ended,
     and a later statement's snapshot sees all it committed.
-
-    `projecting_pid`: the backend of a projector's batch being written beside this read; it
-    holds an xid, but writes no journal rows.
     """
-    bound: int = await conn.fetchval(_WRITERS_BOUND, projecting_pid)
+    bound: int = await conn.fetchval(_WRITERS_BOUND)
     return bound
 
 

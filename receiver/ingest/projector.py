@@ -10,6 +10,7 @@ rows behind it.
 """
 
 import asyncio
+from collections import Counter
 from collections.abc import Collection, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
@@ -253,19 +254,18 @@ class Projector:
         await queries.note_problem(conn, row.position, f"could not project: {problem}")
 
     def _count(self, rows: Sequence[_Row], counts: Sequence[int]) -> None:
+        # Summed per series first: one increment per series and batch, not two per row (a
+        # multiprocess counter writes to its file on every increment).
+        sums: Counter[tuple[str, str, str]] = Counter()
         for row, new in zip(rows, counts, strict=True):
             total = len(row.updates or ())
             # No account on the row: the default one (or from before accounts existed).
             account = row.entry.account or DEFAULT_ACCOUNT
+            sums[(row.provider, account, "new")] += new
+            sums[(row.provider, account, "duplicate")] += total - new
+        for (provider, account, outcome), value in sums.items():
             self._metrics.inc(
-                "dlr_reports_total", new, provider=row.provider, account=account, outcome="new"
-            )
-            self._metrics.inc(
-                "dlr_reports_total",
-                total - new,
-                provider=row.provider,
-                account=account,
-                outcome="duplicate",
+                "dlr_reports_total", value, provider=provider, account=account, outcome=outcome
             )
 
     @property

@@ -10,12 +10,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import AiohttpClient, eventually, make_client
 from tests.console_support import OMNI, Client, console_settings, failover_message
-from tests.integration.test_forwarding import Subscriber, subscribe
+from tests.integration.test_forwarding import Subscriber, serve_subscriber, subscribe
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -40,12 +39,7 @@ async def page() -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def subscriber(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Subscriber:
-    sub = Subscriber()
-    app = web.Application()
-    app.router.add_post("/hook", sub.handle)
-    server = await aiohttp_server(app)
-    sub.url = str(server.make_url("/hook"))
-    return sub
+    return await serve_subscriber(aiohttp_server)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
@@ -29,7 +28,7 @@ from tests.console_support import (
     plain_settings,
     sign_in,
 )
-from tests.integration.test_forwarding import Subscriber, subscribe
+from tests.integration.test_forwarding import Subscriber, serve_subscriber, subscribe
 
 
 @pytest.fixture
@@ -332,12 +331,7 @@ async def test_the_group_page_counts_its_members(console: Client) -> None:
 
 @pytest.fixture
 async def subscriber(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Subscriber:
-    sub = Subscriber()
-    app = web.Application()
-    app.router.add_post("/hook", sub.handle)
-    server = await aiohttp_server(app)
-    sub.url = str(server.make_url("/hook"))
-    return sub
+    return await serve_subscriber(aiohttp_server)
 
 
 @pytest.fixture

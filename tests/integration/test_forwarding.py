@@ -68,8 +68,8 @@ async def moved(request: web.Request) -> web.Response:
     raise web.HTTPFound("/hook")
 
 
-@pytest.fixture
-async def subscriber(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Subscriber:
+async def serve_subscriber(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Subscriber:
+    """A subscriber on a real HTTP server: `url` takes deliveries, `moved_url` redirects."""
     sub = Subscriber()
     app = web.Application()
     app.router.add_post("/hook", sub.handle)
@@ -78,6 +78,11 @@ async def subscriber(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Su
     sub.url = str(server.make_url("/hook"))
     sub.moved_url = str(server.make_url("/moved"))
     return sub
+
+
+@pytest.fixture
+async def subscriber(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Subscriber:
+    return await serve_subscriber(aiohttp_server)
 
 
 def forwarding_settings(database_url: str, **overrides: Any) -> Settings:

@@ -9,23 +9,23 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.conftest import AUTH, AiohttpClient, eventually, make_client, projected
-from tests.integration.test_forwarding import Subscriber, forwarding_settings, report, subscribe
+from tests.integration.test_forwarding import (
+    Subscriber,
+    forwarding_settings,
+    report,
+    serve_subscriber,
+    subscribe,
+)
 
 Client = TestClient[Any, Any]
 
 
 @pytest.fixture
 async def hook(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Subscriber:
-    sub = Subscriber()
-    app = web.Application()
-    app.router.add_post("/hook", sub.handle)
-    server = await aiohttp_server(app)
-    sub.url = str(server.make_url("/hook"))
-    return sub
+    return await serve_subscriber(aiohttp_server)
 
 
 @pytest.fixture

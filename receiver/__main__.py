@@ -400,6 +400,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    startup.use_uvloop()
     settings = startup.load_settings()
     logs.configure(settings.log_level)
     sock = None

@@ -126,6 +126,7 @@ def make_projector(
         pool,
         max_updates=settings.project_max_batch,
         idle_poll=settings.project_idle_poll,
+        gather=settings.project_gather,
         # Only what a configured account polls is scheduled: a message nobody will poll
         # must not wait in the poll index (and become `stale`) for nothing.
         polled=polled_accounts(settings),

@@ -48,6 +48,10 @@ _POISON = (
 )
 
 
+# Journal rows read per batch at most (and updates: max_updates).
+_READ_ROWS = 1000
+
+
 @dataclass(frozen=True)
 class _Row:
     position: tuple[int, int]
@@ -68,6 +72,7 @@ class Projector:
         *,
         max_updates: int = 5000,
         idle_poll: float = 0.5,
+        gather: float = 0.0,
         # (provider, account) pairs whose new unfinished messages are scheduled for polls.
         polled: Collection[tuple[str, str | None]] = (),
         first_poll_in: float = 30.0,
@@ -76,11 +81,16 @@ class Projector:
         self._pool = pool
         self._max_updates = max_updates
         self._idle_poll = idle_poll
+        self._gather = gather
         self._polled = frozenset(polled)
         self._first_poll_in = first_poll_in
         self._metrics = metrics or Metrics()
         self._wake = asyncio.Event()
+        # Set by someone waiting for a row (a registration) or by stop: no gathering then.
+        self._hurry = asyncio.Event()
         self._stopping = False
+        # Whether the last batch left rows it could have taken waiting (it was full).
+        self._more = False
         self._advanced = asyncio.Event()
         # The progress this process last saw committed (by itself or read from the database).
         self.progress = queries.Progress((0, 0))
@@ -96,6 +106,7 @@ class Projector:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        self._hurry.set()
 
     async def run(self) -> None:
         failures = 0
@@ -113,6 +124,13 @@ class Projector:
                 continue
             if not projected:
                 await self._pause(self._idle_poll)
+            elif not self._more and self._gather > 0:
+                # Under load every look finds a few rows: gathering them for a moment makes
+                # one batch of what would be many, each paying its statements and commit. A
+                # full batch (a backlog) goes on at once, and so does one someone waits for.
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self._gather)
+                self._hurry.clear()
 
     async def _pause(self, seconds: float) -> None:
         with suppress(TimeoutError):
@@ -174,11 +192,13 @@ class Projector:
         budget = self._max_updates
         if at.part is None:
             found = [
-                _decode(r) for r in await queries.read_journal(conn, at.upto, bound, 1000, budget)
+                _decode(r)
+                for r in await queries.read_journal(conn, at.upto, bound, _READ_ROWS, budget)
             ]
             if not found:
                 return [], at
             rows = _fitting(found, budget)
+            self._more = len(found) == _READ_ROWS or len(rows) < len(found)
             if rows:
                 return rows, queries.Progress(rows[-1].position)
             # The next row alone has more than a transaction may apply: its first part.
@@ -191,11 +211,12 @@ class Projector:
             [
                 _decode(r)
                 for r in await queries.read_journal(
-                    conn, at.ahead or at.part, bound, 1000, budget // 2, first_always=False
+                    conn, at.ahead or at.part, bound, _READ_ROWS, budget // 2, first_always=False
                 )
             ],
             budget // 2,
         )
+        self._more = True  # a row in parts: its next part waits
         room = budget - sum(len(row.updates or ()) for row in behind)
         part = self._part(at.part_done, room)
         ahead = behind[-1].position if behind else at.ahead
@@ -289,6 +310,7 @@ class Projector:
         want = (target.xid, target.id)
         deadline = asyncio.get_running_loop().time() + within
         self.wake()
+        self._hurry.set()
         while not self.progress.covers(want):
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:

@@ -3,7 +3,7 @@ isolation of what cannot be stored, several projectors at once), database outage
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -328,3 +328,54 @@ async def test_a_journal_row_this_release_cannot_read_is_kept_with_its_problem_a
     assert "unreadable" in problem
     assert "unknown format" in problem
     assert await db.fetchval("select count(*) from events where message_key = 'after'") == 1
+
+
+async def test_under_load_the_projector_gathers_many_commits_into_one_batch(
+    journal: Journal, pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    projector = Projector(pool, idle_poll=0.01, gather=1.0)
+    task = asyncio.create_task(projector.run())
+
+    async def events() -> int:
+        found: int = await db.fetchval("select count(*) from events")
+        return found
+
+    try:
+        await journal.append(receipt(), [update("first")])
+        await eventually(lambda: _holds(projector.batches == 1))
+        # Twenty commits of their own, 10 ms apart, while the projector gathers: without
+        # gathering, each finds the projector looking and becomes a batch of its own.
+        for i in range(20):
+            await journal.append(receipt(), [update(f"m{i}")])
+            await asyncio.sleep(0.01)
+        assert journal.transactions == 21
+        await eventually(lambda: _equals(events(), 21))
+        assert projector.batches == 2
+    finally:
+        projector.stop()
+        await task
+
+
+async def test_a_registration_waiting_for_its_row_does_not_wait_for_the_gathering(
+    journal: Journal, pool: asyncpg.Pool
+) -> None:
+    projector = Projector(pool, idle_poll=0.01, gather=30.0)
+    task = asyncio.create_task(projector.run())
+    try:
+        await projector.wait_for(await journal.append(receipt(), [update("a")]), within=5)
+        # The projector now gathers for 30 s; whoever waits for a row cuts that short.
+        started = asyncio.get_running_loop().time()
+        position = await journal.append(receipt(), [update("b")])
+        assert await projector.wait_for(position, within=5)
+        assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        projector.stop()
+        await task
+
+
+async def _holds(value: bool) -> bool:
+    return value
+
+
+async def _equals(count: Awaitable[int], expected: int) -> bool:
+    return await count == expected

@@ -1,39 +1,33 @@
-"""The command line: `python -m receiver serve | migrate | project | forward | poll | prune |
-reprocess | erase`."""
+"""The command line: `python -m receiver serve | migrate | project | forward | poll | background |
+prune | reprocess | erase`. Each command composes the context managers that the app's cleanup
+contexts use (pool, journal, projector, forwarder, poller, retention); serve: receiver/serve.py."""
 
 import argparse
 import asyncio
-import ctypes
-import gc
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from importlib.metadata import version
 
 import asyncpg
 import structlog
-from aiohttp import web
 from pydantic import SecretStr
 
-from receiver import instants, logs, migrate, privacy, startup
-from receiver.app import background_running, create_app, journal_running, projector_running
-from receiver.db import open_pool
+from receiver import instants, logs, migrate, serve, startup
 from receiver.embedded import embedded_postgres
-from receiver.forward import Forwarder, http_client
-from receiver.metrics import MULTIPROC_ENV
-from receiver.poll import Poller
-from receiver.poll import http_client as poll_client
+from receiver.forwarding.forwarder import forwarder_running
+from receiver.http.app import background_running
+from receiver.ingest.journal import journal_running
+from receiver.ingest.projector import projector_running
+from receiver.loops import until_signalled
+from receiver.maintenance import privacy
+from receiver.maintenance.reprocess import print_progress, reprocess, summary
+from receiver.maintenance.retention import Retention
+from receiver.migrate import migrated_pool
+from receiver.polling.poller import poller_running
 from receiver.providers import PROVIDERS
-from receiver.reprocess import print_progress, reprocess, summary
-from receiver.retention import Retention
 from receiver.settings import Settings
 
 log = structlog.get_logger()
@@ -72,68 +66,45 @@ async def _migrate(settings: Settings) -> None:
         await conn.close()
 
 
-@asynccontextmanager
-async def _migrated_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    assert settings.database_url is not None
-    async with open_pool(settings.database_url.get_secret_value(), settings.db_pool_size) as pool:
-        async with pool.acquire() as conn:
-            await migrate.apply(conn)
-        yield pool
-
-
-def _stop_on_signals(stop: Callable[[], None]) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-
-
 async def _forward(settings: Settings) -> None:
     """The forwarder alone, for running it apart from the HTTP service."""
-    async with _migrated_pool(settings) as pool, http_client(settings) as session:
-        forwarder = Forwarder(pool, session, settings)
-        _stop_on_signals(forwarder.stop)
+    async with migrated_pool(settings) as pool, forwarder_running(pool, settings):
         log.info("forward.start")
-        await forwarder.run()
+        await until_signalled()
 
 
 async def _poll(settings: Settings) -> None:
     """The poller alone, for running it apart from the HTTP service."""
     async with (
-        _migrated_pool(settings) as pool,
-        poll_client(settings) as session,
+        migrated_pool(settings) as pool,
         journal_running(pool, settings) as journal,
+        poller_running(pool, journal, settings),
     ):
-        poller = Poller(pool, journal, session, settings)
-        _stop_on_signals(poller.stop)
         log.info("poll.start")
-        await poller.run()
+        await until_signalled()
+
+
+async def _project(settings: Settings) -> None:
+    """The projector alone: any number of them take turns with those inside serve."""
+    async with migrated_pool(settings) as pool, projector_running(pool, settings):
+        log.info("project.start")
+        await until_signalled()
 
 
 async def _background(settings: Settings) -> None:
     """The projector, forwarder, poller and retention that the settings enable: what serve
     runs beside its HTTP workers."""
-    stopped = asyncio.Event()
     os.nice(settings.background_nice)
-    async with _migrated_pool(settings) as pool, background_running(pool, settings):
-        _stop_on_signals(stopped.set)
+    async with migrated_pool(settings) as pool, background_running(pool, settings):
         log.info("background.start", nice=settings.background_nice)
-        await stopped.wait()
-
-
-async def _project(settings: Settings) -> None:
-    """The projector alone: any number of them take turns with those inside serve."""
-    stopped = asyncio.Event()
-    async with _migrated_pool(settings) as pool, projector_running(pool, settings):
-        _stop_on_signals(stopped.set)
-        log.info("project.start")
-        await stopped.wait()
+        await until_signalled()
 
 
 async def _prune(settings: Settings) -> None:
     """One retention pass now, for a scheduled job (serve runs one hourly when configured)."""
     if settings.retention_days is None:
         raise SystemExit("prune: set RECEIVER_RETENTION_DAYS to say what is old enough to go")
-    async with _migrated_pool(settings) as pool:
+    async with migrated_pool(settings) as pool:
         await Retention(pool, settings).prune_once(progress=_on_terminal("prune: rows deleted"))
 
 
@@ -144,7 +115,7 @@ async def _erase(settings: Settings, args: argparse.Namespace) -> None:
         privacy.number_digits(number)
     except privacy.InvalidNumberError as exc:
         raise startup.StartupError(f"erase: {exc}", startup.CONFIG) from None
-    async with _migrated_pool(settings) as pool:
+    async with migrated_pool(settings) as pool:
         _, found = await privacy.erase(
             pool, number, dry_run=args.dry_run, progress=_on_terminal("erase: receipts read")
         )
@@ -161,7 +132,7 @@ async def _reprocess(settings: Settings, args: argparse.Namespace) -> None:
         "provider": args.provider,
         "progress": print_progress,
     }
-    async with _migrated_pool(settings) as pool:
+    async with migrated_pool(settings) as pool:
         if args.dry_run:
             done = await reprocess(pool, None, **options)
         else:
@@ -193,167 +164,6 @@ def _moment(text: str) -> datetime:
         return instants.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time: {exc}") from None
-
-
-async def _freeze_the_heap(app: web.Application) -> None:
-    """Everything imported and built at start-up lives as long as the process. Frozen, the
-    cyclic collector stops walking it on every full collection: those walks were pauses of
-    20-35 ms under load, enough to set the p99 of acknowledgements."""
-    gc.freeze()
-
-
-def _supervises(settings: Settings) -> tuple[bool, bool]:
-    """Whether serve runs processes of its own, and whether one of them is the background."""
-    background = (
-        settings.project_enabled
-        or settings.forward_enabled
-        or settings.poll_enabled
-        or settings.retention_days is not None
-    )
-    background = background and settings.background_process
-    return settings.workers > 1 or background, background
-
-
-def _serve(settings: Settings, sock: socket.socket) -> None:
-    supervising, background = _supervises(settings)
-    if supervising:
-        sock.close()  # it proved the port free; the workers bind it themselves (SO_REUSEPORT)
-        with _metrics_dir(make=True):
-            _supervise(settings, background)
-        return
-    if settings.reuse_port:
-        # A worker of serve (or one of several run on one port): the folder is shared with
-        # the others, and whoever started them emptied it.
-        _serve_one(settings, sock)
-        return
-    with _metrics_dir(make=False):
-        _serve_one(settings, sock)
-
-
-@contextmanager
-def _metrics_dir(*, make: bool) -> Iterator[None]:
-    """Where every process of this run writes its metrics (prometheus-client's multiprocess
-    mode), so a scrape of any worker covers all. A configured PROMETHEUS_MULTIPROC_DIR is
-    emptied first: the files of an earlier run would be added to this one's. Otherwise, when
-    several processes run, a folder of this run's own, removed at exit."""
-    given = os.environ.get(MULTIPROC_ENV)
-    if given:
-        os.makedirs(given, exist_ok=True)
-        for name in os.listdir(given):
-            if name.endswith(".db"):
-                os.remove(os.path.join(given, name))
-        yield
-        return
-    if not make:
-        yield
-        return
-    path = tempfile.mkdtemp(prefix="dlr-metrics-")
-    os.environ[MULTIPROC_ENV] = path  # inherited by every process _supervise starts
-    try:
-        yield
-    finally:
-        del os.environ[MULTIPROC_ENV]
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _serve_one(settings: Settings, sock: socket.socket) -> None:
-    app = create_app(settings)
-    app.on_startup.append(_freeze_the_heap)  # runs after the pool, journal and loops are up
-    asyncio.run(_run_http(app, sock))
-
-
-async def _run_http(app: web.Application, sock: socket.socket) -> None:
-    """The app on its socket until SIGTERM or SIGINT; then stop accepting, let the requests
-    under way finish (their journal commits too), and close the rest in order: projector
-    batch, deliveries in flight, pool."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        host, port = sock.getsockname()[:2]
-        log.info("serve.listening", url=f"http://{host}:{port}", pid=os.getpid())
-        stopped = asyncio.Event()
-        _stop_on_signals(stopped.set)
-        await stopped.wait()
-        log.info("serve.stopping", pid=os.getpid())
-    finally:
-        await runner.cleanup()
-    log.info("serve.stopped", pid=os.getpid())
-
-
-# What an HTTP worker leaves to the background process.
-_BACKGROUND_OFF = {
-    "RECEIVER_PROJECT_ENABLED": "false",
-    "RECEIVER_FORWARD_ENABLED": "false",
-    "RECEIVER_POLL_ENABLED": "false",
-}
-
-
-def _spawn(command: str, env: dict[str, str]) -> "subprocess.Popen[bytes]":
-    # Our own interpreter running our own module: nothing in the command comes from outside.
-    return subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "receiver", command], env=env, preexec_fn=_die_with_parent
-    )
-
-
-def _die_with_parent() -> None:
-    """In a child, before it runs: SIGKILL it when serve dies, however serve dies (SIGKILL,
-    the OOM killer), so no worker outlives it holding the port. Linux only; elsewhere a no-op."""
-    if sys.platform == "linux":
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _supervise(settings: Settings, background: bool) -> None:
-    """RECEIVER_WORKERS HTTP processes on one port (SO_REUSEPORT), one background process for
-    the projector, poller and retention, and one forwarder. The processes answering providers
-    have their cores to themselves: projection is the expensive part, and it may fall behind
-    a burst and catch up after it, where answers must not. The forwarder has its own too, as
-    a projection batch would hold its event loop for as long as the batch takes. They share
-    nothing but the database, which is all they ever share across hosts too. If one exits,
-    all stop."""
-    assert settings.database_url is not None
-    env = {
-        **os.environ,
-        "RECEIVER_DATABASE_URL": settings.database_url.get_secret_value(),
-        "RECEIVER_WORKERS": "1",
-        "RECEIVER_REUSE_PORT": "true",
-    }
-    http_env = {**env, **(_BACKGROUND_OFF if background else {})}
-    if background:
-        http_env.pop("RECEIVER_RETENTION_DAYS", None)
-    children = [_spawn("serve", http_env) for _ in range(settings.workers)]
-    if background:
-        children.append(_spawn("background", {**env, "RECEIVER_FORWARD_ENABLED": "false"}))
-        if settings.forward_enabled:
-            children.append(_spawn("forward", env))
-
-    def stop(*_: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info("serve.processes", http=settings.workers, background=background)
-    code = 0
-    running = list(children)
-    while running:
-        # Polled rather than os.wait(): stop() reaps through poll() too, and a child reaped
-        # there would never be reported to os.wait().
-        time.sleep(0.2)
-        for child in [c for c in running if c.poll() is not None]:
-            running.remove(child)
-            if child.returncode not in (0, -signal.SIGTERM) and not code:
-                log.error("serve.child_exited", pid=child.pid, code=child.returncode)
-                code = 1
-            stop()  # one gone: the service is not whole, so it stops (and is restarted whole)
-    log.info("serve.stopped", code=code)
-    if code:
-        raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -406,7 +216,7 @@ def _run(args: argparse.Namespace) -> None:
     sock = None
     if args.command == "serve":
         # Before Postgres starts or migrations run: a taken port says so in a second.
-        supervising, _ = _supervises(settings)
+        supervising, _ = serve.supervises(settings)
         sock = startup.listening_socket(
             settings.host, settings.port, settings.reuse_port or supervising
         )
@@ -436,7 +246,7 @@ def _run(args: argparse.Namespace) -> None:
         else:
             assert sock is not None
             log.info("serve.start", host=settings.host, port=settings.port)
-            _serve(settings, sock)
+            serve.serve(settings, sock)
 
 
 if __name__ == "__main__":

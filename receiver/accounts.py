@@ -52,7 +52,7 @@ def _holds_credentials(account: Account) -> bool:
 
 
 def _complete(account: Account, default: Account, settings: Settings) -> Account:
-    # Built once per settings object (see _prepared and poll.py), never per request.
+    # Built once per settings object (see _prepared and polling/poller.py), never per request.
     return account.model_copy(
         update={
             "base_url": account.base_url or default.base_url,

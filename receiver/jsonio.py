@@ -123,6 +123,6 @@ def _replace_in_strings(value: Any, pattern: re.Pattern[str], by: str) -> Any:
 
 
 def model_response(model: BaseModel, status: int = 200) -> web.Response:
-    """A handler's answer from its view model (receiver/views.py), encoded as json_response
+    """A handler's answer from its view model (receiver/http/views.py), encoded as json_response
     encodes: fields left at their default and never set (a secret not shown) are left out."""
     return json_response(model.model_dump(exclude_unset=True), status=status)

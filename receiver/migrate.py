@@ -1,14 +1,17 @@
 """Forward-only plain-SQL migrations from sql/migrations, applied once under an advisory lock."""
 
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 
+import asyncpg
 import structlog
 
-from receiver.db import Conn
+from receiver.db import Conn, open_pool
+from receiver.settings import Settings
 
 log = structlog.get_logger()
 
@@ -80,3 +83,15 @@ async def apply(
         return applied
     finally:
         await conn.execute("select pg_advisory_unlock($1)", _LOCK_ID)
+
+
+@asynccontextmanager
+async def migrated_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """The database pool every command and the app use: opened, pinged, and the schema
+    migrated before anyone borrows from it."""
+    if settings.database_url is None:
+        raise ValueError("a pool needs settings.database_url (start the embedded one first)")
+    async with open_pool(settings.database_url.get_secret_value(), settings.db_pool_size) as pool:
+        async with pool.acquire() as conn:
+            await apply(conn)
+        yield pool

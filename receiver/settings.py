@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# What an API token may do (receiver/auth.py says which routes need which): `read` the
+# What an API token may do (receiver/http/auth.py says which routes need which): `read` the
 # lookups and receipts, `write` send registrations, `admin` subscriptions and their deliveries.
 SCOPES = ("read", "write", "admin")
 

@@ -18,13 +18,13 @@ from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
 from receiver import migrate
-from receiver.app import create_app
 from receiver.db import open_pool
 from receiver.embedded import embedded_postgres
+from receiver.http.app import create_app
+from receiver.http.keys import POOL
 from receiver.ingest import queries as ingest_queries
 from receiver.ingest.journal import Journal
 from receiver.ingest.projector import Projector
-from receiver.keys import POOL
 from receiver.reports import Receipt, StatusUpdate
 from receiver.settings import Settings
 

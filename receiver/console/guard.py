@@ -8,8 +8,8 @@ from aiohttp.typedefs import Handler
 
 from receiver.console import session
 from receiver.console.render import SESSION, render
-from receiver.errors import ApiError
-from receiver.keys import SETTINGS
+from receiver.http.errors import ApiError
+from receiver.http.keys import SETTINGS
 
 # Reachable without a session: the sign-in form itself and the stylesheet it uses.
 _PUBLIC = ("/console/login", "/console/static/")

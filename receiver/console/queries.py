@@ -1,5 +1,5 @@
 """The console's own SQL: what no API route answers (subscription health, the dashboard).
-Lookups go through the API's queries (receiver/queries.py), so both show the same."""
+Lookups go through the API's queries (receiver/http/queries.py), so both show the same."""
 
 import uuid
 from datetime import datetime

@@ -9,13 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
-from receiver import forward_queries, subscriptions
 from receiver.console import queries as console_queries
 from receiver.console.render import render
 from receiver.db import connection
-from receiver.errors import ApiError
+from receiver.forwarding import queries as forward_queries
+from receiver.http import deliveries, subscriptions
+from receiver.http.errors import ApiError
+from receiver.http.keys import POOL
 from receiver.instants import in_utc
-from receiver.keys import POOL
 
 # "Recent" in a subscription's success rate: about the span of its retry schedule.
 _RECENT = timedelta(hours=24)
@@ -96,7 +97,7 @@ async def detail(request: web.Request) -> web.Response:
         health = await console_queries.subscription_health(
             conn, datetime.now(UTC) - _RECENT, subscription_id
         )
-        page = await subscriptions.delivery_page(conn, subscription_id, state, cursor, _PAGE)
+        page = await deliveries.delivery_page(conn, subscription_id, state, cursor, _PAGE)
     return render(
         request,
         "subscription.html",
@@ -123,7 +124,7 @@ async def delivery(request: web.Request) -> web.Response:
         "delivery.html",
         {
             "subscription_id": str(subscription_id),
-            "d": {**subscriptions.delivery_view(row).model_dump(), "payload": row["payload"]},
+            "d": {**deliveries.delivery_view(row).model_dump(), "payload": row["payload"]},
             "attempts": attempts,
         },
     )
@@ -160,7 +161,7 @@ async def replay_range(request: web.Request) -> web.Response:
             except ValueError as exc:
                 raise ApiError(400, "invalid_body", f"{name}: not a date and time") from exc
     async with connection(request.app[POOL]) as conn:
-        count = await subscriptions.replay(conn, _id(request), window["since"], window["until"])
+        count = await deliveries.replay(conn, _id(request), window["since"], window["until"])
     return _back(request, f"replayed {count} deliver{'y' if count == 1 else 'ies'}")
 
 

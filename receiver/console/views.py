@@ -1,6 +1,6 @@
 """The console's reading pages: sign-in, dashboard, search, a message, a group, a receipt and
-the problems. Each page asks the API's own functions (receiver/api.py), so what the console
-shows is what /v1 answers: the same view models (receiver/views.py), as dicts for the
+the problems. Each page asks the API's own functions (receiver/http/), so what the console
+shows is what /v1 answers: the same view models (receiver/http/views.py), as dicts for the
 templates (datetimes kept, for the charts and the `when` filter)."""
 
 import secrets
@@ -11,13 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
-from receiver import api, broker_url, queries
 from receiver.console import charts, session
 from receiver.console import queries as console_queries
 from receiver.console.render import SESSION, render
 from receiver.db import connection
-from receiver.errors import ApiError
-from receiver.keys import POOL, SETTINGS
+from receiver.forwarding import broker_url
+from receiver.http import groups, messages, queries, receipts
+from receiver.http.errors import ApiError
+from receiver.http.keys import POOL, SETTINGS
 from receiver.providers import PROVIDERS
 
 # Search form fields passed on to the API's search as they are; the rest are the console's.
@@ -190,12 +191,12 @@ async def search(request: web.Request) -> web.Response:
     error = None
     if form:
         try:
-            arguments = api.search_arguments({**form, "limit": str(_PAGE)})
+            arguments = messages.search_arguments({**form, "limit": str(_PAGE)})
         except ApiError as exc:
             error = exc.message
         else:
             async with connection(request.app[POOL]) as conn:
-                results = (await api.search_view(conn, arguments)).model_dump()
+                results = (await messages.search_view(conn, arguments)).model_dump()
     next_query = None
     if results and results["next_cursor"]:
         next_query = {**form, "cursor": results["next_cursor"]}
@@ -224,7 +225,7 @@ async def _find_by_id(request: web.Request, message_id: str, provider: str | Non
             provider=found[0]["provider"], id=found[0]["key"]
         )
         return web.Response(status=303, headers={"Location": str(url)})
-    results = {"messages": [api.listed(r).model_dump() for r in found], "next_cursor": None}
+    results = {"messages": [messages.listed(r).model_dump() for r in found], "next_cursor": None}
     form = {"id": message_id, **({"provider": provider} if provider else {})}
     return render(
         request,
@@ -240,7 +241,7 @@ async def message(request: web.Request) -> web.Response:
     provider = _provider(request)
     current = request[SESSION]
     async with connection(request.app[POOL]) as conn:
-        found = await api.message_view(conn, provider, request.match_info["id"])
+        found = await messages.message_view(conn, provider, request.match_info["id"])
         if found is None:
             raise ApiError(404, "message_not_found", "no message with this id")
         view = found.model_dump()
@@ -297,9 +298,9 @@ def _when(event: Mapping[str, Any]) -> datetime:
 
 async def group(request: web.Request) -> web.Response:
     provider = _provider(request)
-    after, limit = api.group_query({k: v for k, v in request.query.items() if k == "cursor"})
+    after, limit = groups.group_query({k: v for k, v in request.query.items() if k == "cursor"})
     async with connection(request.app[POOL]) as conn:
-        found = await api.group_view(conn, provider, request.match_info["id"], after, _PAGE)
+        found = await groups.group_view(conn, provider, request.match_info["id"], after, _PAGE)
     del limit
     if found is None:
         raise ApiError(404, "group_not_found", "no messages in this group")
@@ -317,7 +318,7 @@ async def receipt(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise ApiError(404, "receipt_not_found", "no such receipt") from exc
     async with connection(request.app[POOL]) as conn:
-        view = await api.receipt_view(conn, receipt_id)
+        view = await receipts.receipt_view(conn, receipt_id)
     if view is None:
         raise ApiError(404, "receipt_not_found", "no such receipt")
     return render(request, "receipt.html", {"r": view.model_dump()})
@@ -325,11 +326,11 @@ async def receipt(request: web.Request) -> web.Response:
 
 async def problems(request: web.Request) -> web.Response:
     cursor = {k: v for k, v in request.query.items() if k in ("cursor", "provider") and v}
-    arguments = api.problems_arguments({**cursor, "limit": str(_PAGE)})
+    arguments = receipts.problems_arguments({**cursor, "limit": str(_PAGE)})
     async with connection(request.app[POOL]) as conn:
         unmapped = await queries.list_unmapped(conn)
-        receipts = (await api.problems_view(conn, arguments)).model_dump()
-    return render(request, "problems.html", {"unmapped": unmapped, "receipts": receipts})
+        page = (await receipts.problems_view(conn, arguments)).model_dump()
+    return render(request, "problems.html", {"unmapped": unmapped, "receipts": page})
 
 
 def _provider(request: web.Request) -> str:

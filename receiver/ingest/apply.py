@@ -1,7 +1,6 @@
 """One projection batch: read the messages it touches with their events, apply the status
 rules, and write messages, aliases, events and deliveries in one statement."""
 
-import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -13,29 +12,12 @@ import asyncpg
 
 from receiver import phones
 from receiver.db import Conn
+from receiver.forwarding import payload
+from receiver.forwarding.payload import StatusChange
 from receiver.ingest import queries
 from receiver.jsonio import jsonb_text
 from receiver.reports import StatusUpdate
 from receiver.status import Observation, Outcome, Status, compose
-
-
-@dataclass(frozen=True)
-class StatusChange:
-    """A message whose current status moved; what subscribers are told."""
-
-    provider: str
-    key: str
-    previous: Status | None
-    status: Status
-    seq: int
-    payload: dict[str, Any]
-
-    @property
-    def event_id(self) -> str:
-        # Derived, not random: the same change always has the same webhook-id, across retries,
-        # replays and subscriptions.
-        name = f"{self.provider}\x00{self.key}\x00{self.seq}".encode()
-        return "evt_" + hashlib.blake2b(name, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -283,8 +265,20 @@ class _State:
         if moved and recording:
             # A message that never had a status before has no previous one to report.
             previous = Status(old_status) if old_seq > 0 else None
-            payload = _payload(key, info, outcome, previous, seq, _deciding(events, outcome))
-            change = StatusChange(key[0], key[1], previous, outcome.status, seq, payload)
+            data = payload.data(
+                key,
+                status=outcome.status,
+                previous=previous,
+                seq=seq,
+                status_at=outcome.occurred_at,
+                channel=outcome.channel,
+                recipient=info["recipient"],
+                reference=info["reference"],
+                group=info["group_key"],
+                account=info["account"],
+                event=_deciding(events, outcome),
+            )
+            change = StatusChange(key[0], key[1], previous, outcome.status, seq, data)
         if unchanged:
             return None, change
         row = queries.MessageRow(
@@ -321,14 +315,13 @@ def _effective(events: list[_Event]) -> list[_Event]:
 
 
 def _delivery_row(change: StatusChange) -> queries.DeliveryRow:
-    envelope = {"type": "message.status", "id": change.event_id, "data": change.payload}
     return queries.DeliveryRow(
         provider=change.provider,
         message_key=change.key,
         seq=change.seq,
         status=change.status.value,
         event_id=change.event_id,
-        payload=jsonb_text(envelope),
+        payload=jsonb_text(change.envelope()),
     )
 
 
@@ -343,40 +336,3 @@ def _deciding(events: list[_Event], outcome: Outcome) -> _Event | None:
         and e.occurred_at == outcome.occurred_at
     ]
     return max(matching or events, key=lambda e: e.order, default=None)
-
-
-def _payload(
-    key: tuple[str, str],
-    info: dict[str, Any],
-    outcome: Outcome,
-    previous: Status | None,
-    seq: int,
-    event: _Event | None,
-) -> dict[str, Any]:
-    """The `data` of a forwarded status change (documented in the README)."""
-    return {
-        "provider": key[0],
-        "message_id": key[1],
-        "status": outcome.status.value,
-        "previous_status": previous.value if previous else None,
-        "seq": seq,
-        "status_at": outcome.occurred_at.isoformat() if outcome.occurred_at else None,
-        "channel": outcome.channel,
-        "recipient": info["recipient"],
-        "reference": info["reference"],
-        "group": info["group_key"],
-        "account": info["account"],
-        "event": None
-        if event is None
-        else {
-            "provider_status": event.provider_status,
-            "provider_code": event.provider_code,
-            "error_code": event.error_code,
-            "error_text": event.error_text,
-            "permanent": event.permanent,
-            "channel": event.channel,
-            "channel_message_id": event.attempt_id,
-            "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
-            "source": event.source,
-        },
-    }

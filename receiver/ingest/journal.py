@@ -10,17 +10,19 @@ grow with load and a lone request waits for nobody.
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
 import structlog
 
-from receiver.db import DatabaseUnavailable, connection, is_transient
+from receiver.db import DatabaseUnavailable, connection, is_transient, log_loop_failure
 from receiver.ingest import codec, queries
 from receiver.ingest.queries import JournalRow
 from receiver.metrics import Metrics
 from receiver.reports import Receipt, StatusUpdate
+from receiver.settings import Settings
 
 log = structlog.get_logger()
 
@@ -183,3 +185,41 @@ class Journal:
             self._writing.remove(batch)
             self._inflight -= 1
             self._wakeup.set()  # room for the next batch
+
+
+def make_journal(pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None) -> Journal:
+    return Journal(
+        pool,
+        settings.ingest_max_batch,
+        settings.ingest_max_inflight,
+        ack_timeout=settings.ack_timeout,
+        metrics=metrics,
+    )
+
+
+@asynccontextmanager
+async def journal_running(
+    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[Journal]:
+    """The journal writer, and its day partitions made ahead (at start, then hourly)."""
+    journal = make_journal(pool, settings, metrics)
+    journal.start()
+    partitions = asyncio.create_task(_keep_partitions(pool), name="journal-partitions")
+    try:
+        yield journal
+    finally:
+        partitions.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await partitions
+        await journal.close()
+
+
+async def _keep_partitions(pool: asyncpg.Pool) -> None:
+    while True:
+        try:
+            async with connection(pool) as conn:
+                await queries.ensure_partitions(conn, days_ahead=7)
+        except Exception as exc:
+            # Not urgent: a week is made ahead, and the default partition takes any overflow.
+            log_loop_failure("journal.partitions", exc)
+        await asyncio.sleep(3600)

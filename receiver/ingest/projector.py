@@ -11,8 +11,8 @@ rows behind it.
 
 import asyncio
 from collections import Counter
-from collections.abc import Collection, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -20,14 +20,17 @@ import asyncpg
 import asyncpg.exceptions._base as asyncpg_base
 import structlog
 
+from receiver import accounts
 from receiver.accounts import DEFAULT as DEFAULT_ACCOUNT
 from receiver.db import Conn, connection, log_loop_failure
 from receiver.ingest import codec, queries
 from receiver.ingest.apply import Entry, apply
 from receiver.ingest.journal import Position
+from receiver.loops import looping
 from receiver.metrics import Metrics
 from receiver.providers import PROVIDERS
 from receiver.reports import InvalidReport, Parsed, StatusUpdate
+from receiver.settings import Settings
 
 log = structlog.get_logger()
 
@@ -373,3 +376,38 @@ def _parse(record: asyncpg.Record, position: tuple[int, int], entry: Entry) -> _
         log.error("project.parser_failed", receipt_id=str(entry.receipt_id), exc_info=exc)
         parsed = Parsed([], [f"parser failed: {type(exc).__name__}: {exc}"])
     return _Row(position, entry, record["provider"], parsed.updates, noted=parsed.problem)
+
+
+def make_projector(
+    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
+) -> Projector:
+    return Projector(
+        pool,
+        max_updates=settings.project_max_batch,
+        idle_poll=settings.project_idle_poll,
+        gather=settings.project_gather,
+        # Only what a configured account polls is scheduled: a message nobody will poll
+        # must not wait in the poll index (and become `stale`) for nothing.
+        polled=polled_accounts(settings),
+        first_poll_in=settings.poll_min_interval,
+        metrics=metrics,
+    )
+
+
+def polled_accounts(settings: Settings) -> set[tuple[str, str | None]]:
+    """The (provider, account) pairs whose messages are polled one by one. A message with no
+    account (registered without naming one) is the default account's."""
+    pairs: set[tuple[str, str | None]] = set()
+    for provider, name, _ in accounts.polled(settings):
+        pairs.add((provider.name, name))
+        if name == accounts.DEFAULT:
+            pairs.add((provider.name, None))
+    return pairs
+
+
+@asynccontextmanager
+async def projector_running(
+    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[Projector]:
+    async with looping(make_projector(pool, settings, metrics), "project") as projector:
+        yield projector

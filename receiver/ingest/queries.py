@@ -13,7 +13,7 @@ from typing import NamedTuple
 import asyncpg
 
 from receiver.db import Conn
-from receiver.forward_queries import CHANNEL as NOTIFY_CHANNEL
+from receiver.forwarding.queries import CHANNEL as NOTIFY_CHANNEL
 from receiver.reports import Receipt, StatusUpdate
 
 # The journal

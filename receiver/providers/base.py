@@ -92,7 +92,7 @@ class Push:
     verify: Verifier
     parse: WebhookParser
     # Given, the webhook's full parse runs in the projector, once, and the request path only
-    # checks the body (see receiver/webhooks.py); otherwise it parses on the request path.
+    # checks the body (see receiver/http/webhooks.py); otherwise it parses on the request path.
     check: WebhookChecker | None = None
 
 

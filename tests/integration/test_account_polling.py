@@ -13,9 +13,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from receiver.app import journal_running, projector_running
 from receiver.db import open_pool
-from receiver.poll import Poller, _lock_key, _polling, http_client
+from receiver.ingest.journal import journal_running
+from receiver.ingest.projector import projector_running
+from receiver.polling.poller import Poller, _lock_key, _polling, http_client
 from receiver.providers import infobip, messente
 from receiver.settings import Account, Settings
 from tests.conftest import AUTH, MESSENTE_PASSWORD, AiohttpClient, eventually, make_client

@@ -8,7 +8,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from receiver.app import create_app
+from receiver.http.app import create_app
 from receiver.settings import Settings
 from tests.conftest import AUTH, eventually, free_port
 

@@ -1,7 +1,7 @@
 """Adding a provider is one module: a fifth one, defined in tests/fifth_provider.py and
 registered through the same registry as the four built in, gets its webhook route, its
 verification against its accounts (and URL tokens), send registration and polling through
-its account, without any change to the route table, webhooks.py or poll.py."""
+its account, without any change to the route table, http/webhooks.py or polling/poller.py."""
 
 import io
 import json
@@ -175,7 +175,7 @@ def test_the_registry_refuses_a_taken_name_and_one_no_path_can_carry(provider: P
     assert before == PROVIDERS
 
 
-@pytest.mark.parametrize("module", ["poll.py", "webhooks.py"])
+@pytest.mark.parametrize("module", ["polling/poller.py", "http/webhooks.py"])
 def test_the_poller_and_the_webhook_route_name_no_provider(module: str) -> None:
     source = (Path(receiver.__file__).parent / module).read_text()
     names = {"messente", "infobip", "comapi", "mercury"}

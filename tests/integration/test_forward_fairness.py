@@ -14,9 +14,10 @@ import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from receiver import forward_queries
 from receiver.db import open_pool
-from receiver.forward import Forwarder, http_client, new_secret
+from receiver.forwarding import queries as forward_queries
+from receiver.forwarding.forwarder import Forwarder, http_client
+from receiver.forwarding.payload import new_secret
 from receiver.settings import Settings
 from tests.integration.test_forwarding import forwarding_settings
 

@@ -17,9 +17,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks import Webhook
 
-from receiver.app import create_app
 from receiver.db import open_pool
-from receiver.forward import Forwarder, http_client
+from receiver.forwarding.forwarder import Forwarder, http_client
+from receiver.http.app import create_app
 from receiver.providers import messente
 from receiver.settings import Settings
 from tests.conftest import (

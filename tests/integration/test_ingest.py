@@ -14,11 +14,11 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from receiver.db import open_pool
+from receiver.http.keys import JOURNAL
 from receiver.ingest import codec
 from receiver.ingest.apply import Entry, apply
 from receiver.ingest.journal import Journal, Position
 from receiver.ingest.projector import Projector
-from receiver.keys import JOURNAL
 from receiver.providers import messente
 from receiver.reports import Receipt, StatusUpdate, new_id
 from receiver.status import Status

@@ -12,11 +12,11 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from receiver.app import create_app
 from receiver.db import open_pool
+from receiver.http.app import create_app
+from receiver.http.keys import POOL
 from receiver.ingest import queries
 from receiver.ingest.projector import Projector
-from receiver.keys import POOL
 from tests.conftest import AUTH, AiohttpClient, eventually, make_settings
 from tests.integration.test_providers import post_infobip
 

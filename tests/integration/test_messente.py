@@ -124,7 +124,7 @@ async def test_tampered_body_fails_verification(client: Client) -> None:
 async def test_without_a_configured_password_webhooks_are_refused(
     database_url: str, aiohttp_client: AiohttpClient
 ) -> None:
-    from receiver.app import create_app
+    from receiver.http.app import create_app
 
     client = await aiohttp_client(
         create_app(make_settings(database_url, messente_api_password=None))

@@ -19,8 +19,8 @@ from schemathesis.specs.openapi.checks import (
 )
 from standardwebhooks import Webhook
 
-from receiver import views
-from receiver.openapi import in_document, operation_of
+from receiver.http import views
+from receiver.http.openapi import in_document, operation_of
 from receiver.providers import messente
 from tests.conftest import API_TOKEN, AUTH, MESSENTE_PASSWORD, eventually
 from tests.integration.test_forwarding import Client, Subscriber, report, subscribe

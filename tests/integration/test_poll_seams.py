@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from receiver.app import journal_running
 from receiver.db import open_pool
-from receiver.poll import Poller, http_client
+from receiver.ingest.journal import journal_running
+from receiver.polling.poller import Poller, http_client
 from tests.conftest import AUTH, AiohttpClient, eventually, make_client
 from tests.fakes import FakeProviders
 from tests.integration.test_messente import post_report

@@ -15,9 +15,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from receiver.app import journal_running, projector_running
 from receiver.db import open_pool
-from receiver.poll import Poller, http_client
+from receiver.ingest.journal import journal_running
+from receiver.ingest.projector import projector_running
+from receiver.polling.poller import Poller, http_client
 from receiver.providers import messente
 from receiver.settings import Settings
 from tests.conftest import (

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver import forward_queries
+from receiver.forwarding import queries as forward_queries
 from tests.conftest import AUTH
 
 Client = TestClient[Any, Any]

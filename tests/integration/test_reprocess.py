@@ -10,14 +10,13 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from receiver.app import journal_running, projector_running
 from receiver.db import open_pool
 from receiver.ingest import codec, queries
-from receiver.ingest.journal import Journal
-from receiver.ingest.projector import Projector
+from receiver.ingest.journal import Journal, journal_running
+from receiver.ingest.projector import Projector, projector_running
+from receiver.maintenance.reprocess import reprocess, summary
 from receiver.providers import messente
 from receiver.reports import Receipt, new_id
-from receiver.reprocess import reprocess, summary
 from receiver.settings import Settings
 from receiver.status import Status
 from tests.conftest import clean_env, eventually, make_settings

@@ -11,8 +11,8 @@ import pytest
 from receiver.db import open_pool
 from receiver.ingest.journal import Journal
 from receiver.ingest.projector import Projector
+from receiver.maintenance.retention import prune
 from receiver.reports import Receipt, StatusUpdate, new_id
-from receiver.retention import prune
 from receiver.status import Status
 from tests.conftest import (
     AiohttpClient,

@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr, ValidationError
 
-from receiver.app import create_app
+from receiver.http.app import create_app
 from receiver.settings import Settings, split_token
 from tests.conftest import AiohttpClient, make_client, make_settings
 

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from receiver.keys import JOURNAL
+from receiver.http.keys import JOURNAL
 from receiver.providers import messente
 from tests.conftest import (
     AUTH,

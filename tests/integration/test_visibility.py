@@ -7,8 +7,9 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from receiver.app import create_app, projector_running
 from receiver.db import open_pool
+from receiver.http.app import create_app
+from receiver.ingest.projector import projector_running
 from receiver.providers import messente
 from tests.conftest import (
     AUTH,

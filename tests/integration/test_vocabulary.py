@@ -12,8 +12,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from receiver import cursors, forward_queries
 from receiver.db import Conn
+from receiver.forwarding import queries as forward_queries
+from receiver.http import cursors
 from receiver.providers import messente
 from tests.conftest import AUTH, MESSENTE_PASSWORD, projected
 

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from receiver import broker_url
-from receiver.target_url import check_target_url
+from receiver.forwarding import broker_url
+from receiver.forwarding.target_url import check_target_url
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from receiver.app import create_app
+from receiver.http.app import create_app
 from receiver.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

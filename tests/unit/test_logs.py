@@ -115,7 +115,7 @@ def test_a_throttle_lets_one_line_a_period_through_and_counts_the_rest() -> None
 def test_an_outage_is_one_warning_a_second_not_one_per_request() -> None:
     from structlog.testing import capture_logs
 
-    from receiver import errors
+    from receiver.http import errors
 
     kept = errors._OUTAGE_LINES
     errors._OUTAGE_LINES = logs.Throttle(60)  # a fresh one: other tests had outages too

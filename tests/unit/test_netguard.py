@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from receiver.netguard import BlockedAddress, allowed, check_literal, parse_networks
+from receiver.forwarding.netguard import BlockedAddress, allowed, check_literal, parse_networks
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,12 @@ import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
 
-from receiver import broker_url
-from receiver.netguard import IPNetwork
-from receiver.sinks.base import Outcome, Outgoing
-from receiver.sinks.jetstream import HEADER_SAFE
-from receiver.sinks.link import BrokerDown, Link
-from receiver.sinks.webhook import describe_error
+from receiver.forwarding import broker_url
+from receiver.forwarding.netguard import IPNetwork
+from receiver.forwarding.sinks.base import Outcome, Outgoing
+from receiver.forwarding.sinks.jetstream import HEADER_SAFE
+from receiver.forwarding.sinks.link import BrokerDown, Link
+from receiver.forwarding.sinks.webhook import describe_error
 
 _Channel = tuple[aio_pika.abc.AbstractChannel, aio_pika.abc.AbstractExchange]
 

@@ -14,9 +14,9 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from receiver import broker_url
-from receiver.netguard import GuardedResolver, IPNetwork
-from receiver.sinks.webhook import describe_error
+from receiver.forwarding import broker_url
+from receiver.forwarding.netguard import GuardedResolver, IPNetwork
+from receiver.forwarding.sinks.webhook import describe_error
 
 log = structlog.get_logger()
 

@@ -14,10 +14,12 @@ import aiohttp
 import asyncpg
 import structlog
 
-from receiver import accounts, poll_queries
+from receiver import accounts
 from receiver.db import connection, log_loop_failure
 from receiver.ingest.journal import Journal
+from receiver.loops import looping
 from receiver.metrics import Metrics
+from receiver.polling import queries
 from receiver.providers import PROVIDERS
 from receiver.providers.base import PollError, PollTarget, Provider
 from receiver.reports import InvalidReport, Parsed, Receipt, StatusUpdate
@@ -161,7 +163,7 @@ class Poller:
             return 0
         settings = self._settings
         async with connection(self._pool) as conn:
-            claimed = await poll_queries.claim_polls(
+            claimed = await queries.claim_polls(
                 conn,
                 [(p.provider.name, p.name) for p in active],
                 accounts.DEFAULT,
@@ -205,10 +207,10 @@ class Poller:
         name = polling.provider.name
         async with connection(self._pool) as conn:
             # One poll answers for every member: the rest wait for the same next one.
-            await poll_queries.schedule_group(conn, name, group, next_poll_at, attempts)
+            await queries.schedule_group(conn, name, group, next_poll_at, attempts)
             # Members refused at registration (Mercury's invalid recipients) are settled; the
             # rest share the group's fate.
-            members = await poll_queries.group_keys(conn, name, group, "rejected")
+            members = await queries.group_keys(conn, name, group, "rejected")
         await self._poll_one(polling, PollTarget(group, group, members), members)
 
     async def _poll_one(self, polling: _Polling, target: PollTarget, keys: list[str]) -> None:
@@ -252,7 +254,7 @@ class Poller:
             )
         if fetched.done:
             async with connection(self._pool) as conn:
-                await poll_queries.stop_polling(conn, provider.name, keys)
+                await queries.stop_polling(conn, provider.name, keys)
 
     def _pause_after(self, polling: _Polling, exc: PollError, what: str | None = None) -> float:
         """How long to leave an account (or `what` of it: one report queue) alone after it
@@ -280,7 +282,7 @@ class Poller:
         pause = self._pause_after(polling, exc)
         self._paused_until[polling.label] = asyncio.get_running_loop().time() + pause
         async with connection(self._pool) as conn:
-            await poll_queries.poll_later(conn, polling.provider.name, keys, pause)
+            await queries.poll_later(conn, polling.provider.name, keys, pause)
 
     # Report queues (Infobip's), drained per account
 
@@ -397,3 +399,15 @@ def _lock_key(polling: _Polling) -> int:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@asynccontextmanager
+async def poller_running(
+    pool: asyncpg.Pool, journal: Journal, settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[Poller]:
+    """The poller on its own HTTP client, from start until the context ends."""
+    async with (
+        http_client(settings) as session,
+        looping(Poller(pool, journal, session, settings, metrics), "poll") as poller,
+    ):
+        yield poller

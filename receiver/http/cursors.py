@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from receiver import instants
-from receiver.errors import ApiError
+from receiver.http.errors import ApiError
 from receiver.jsonio import dumps, has_nul, loads
 
 _INVALID = "cursor is not one this API gave out"

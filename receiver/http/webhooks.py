@@ -6,11 +6,12 @@ import pydantic_core
 import structlog
 from aiohttp import hdrs, web
 
-from receiver import accounts, views
-from receiver.edge import LOG_FACTS
-from receiver.errors import ApiError, read_body
-from receiver.keys import JOURNAL, SETTINGS
-from receiver.openapi import Operation, documented
+from receiver import accounts
+from receiver.http import views
+from receiver.http.edge import LOG_FACTS
+from receiver.http.errors import ApiError, read_body
+from receiver.http.keys import JOURNAL, SETTINGS
+from receiver.http.openapi import Operation, documented
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Provider, Push, Verification
 from receiver.reports import InvalidReport, Receipt

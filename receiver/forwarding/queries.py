@@ -326,6 +326,18 @@ async def disable_subscription(conn: Conn, subscription_id: uuid.UUID, reason: s
 # Deliveries, for the API
 
 
+async def outbox_counts(conn: Conn) -> tuple[int, int]:
+    """Deliveries pending (waiting to be sent or retried) and dead-lettered, for /metrics."""
+    row = await conn.fetchrow(
+        """
+        select (select count(*) from deliveries where state = 'pending') as pending,
+               (select count(*) from deliveries where state = 'dead') as dead
+        """
+    )
+    assert row is not None
+    return row["pending"], row["dead"]
+
+
 async def list_deliveries(
     conn: Conn,
     subscription_id: uuid.UUID,

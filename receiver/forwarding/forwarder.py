@@ -1,15 +1,11 @@
 """The forwarder: claims due deliveries from the outbox and sends them to subscribers (a signed
-POST per the Standard Webhooks spec, or a publish to a broker: receiver.sinks), with retries,
+POST per the Standard Webhooks spec, or a publish to a broker: sinks/), with retries,
 dead-lettering and circuit breaking by 410."""
 
 import asyncio
-import base64
 import dataclasses
-import hashlib
-import hmac
 import json
 import random
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,27 +18,18 @@ import aiohttp
 import asyncpg
 import structlog
 
-from receiver import forward_queries
-from receiver.broker_url import scrub
 from receiver.db import connection, is_transient, log_loop_failure
+from receiver.forwarding import queries as forward_queries
+from receiver.forwarding.broker_url import scrub
+from receiver.forwarding.netguard import GuardedResolver, parse_networks
+from receiver.forwarding.payload import sign
+from receiver.forwarding.sinks import Outcome, Outgoing, Sinks
+from receiver.loops import looping
 from receiver.metrics import Metrics
-from receiver.netguard import GuardedResolver, parse_networks
 from receiver.retry_after import parse_retry_after
 from receiver.settings import Settings
-from receiver.sinks import Outcome, Outgoing, Sinks
 
 log = structlog.get_logger()
-
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """One `webhook-signature` entry: v1, base64 HMAC-SHA256 of "{id}.{timestamp}.{body}"."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
 @asynccontextmanager
@@ -405,3 +392,15 @@ def _outgoing(row: asyncpg.Record) -> Outgoing:
         status=row["status"],
         message_key=row["message_key"],
     )
+
+
+@asynccontextmanager
+async def forwarder_running(
+    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[Forwarder]:
+    """The forwarder on its own guarded HTTP client, from start until the context ends."""
+    async with (
+        http_client(settings) as session,
+        looping(Forwarder(pool, session, settings, metrics), "forward") as forwarder,
+    ):
+        yield forwarder

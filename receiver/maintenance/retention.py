@@ -14,8 +14,8 @@ for. A report arriving for a message already deleted starts it afresh.
 
 import asyncio
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +23,7 @@ import asyncpg
 import structlog
 
 from receiver.db import connection, log_loop_failure
+from receiver.loops import looping
 from receiver.metrics import Metrics
 from receiver.settings import Settings
 
@@ -150,3 +151,11 @@ class Retention:
             seconds=round(time.monotonic() - started, 1),
         )
         return pruned
+
+
+@asynccontextmanager
+async def retention_running(
+    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[Retention]:
+    async with looping(Retention(pool, settings, metrics), "retention") as retention:
+        yield retention

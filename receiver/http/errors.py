@@ -1,4 +1,4 @@
-"""Errors: every failure leaves as `{"error": {"code", "message"}}` (receiver/edge.py sends it)."""
+"""Errors: every failure leaves as `{"error": {"code", "message"}}` (http/edge.py sends it)."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -7,7 +7,7 @@ import structlog
 from aiohttp import web
 
 from receiver.db import is_transient
-from receiver.keys import SETTINGS
+from receiver.http.keys import SETTINGS
 from receiver.logs import Throttle
 
 log = structlog.get_logger()

@@ -16,10 +16,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from receiver import logs
-from receiver.auth import check_bearer
 from receiver.console import guard as console_guard
-from receiver.errors import as_response, refuse_early
-from receiver.keys import METRICS
+from receiver.http.auth import check_bearer
+from receiver.http.errors import as_response, refuse_early
+from receiver.http.keys import METRICS
 
 # Where a handler leaves facts for the request's log line (a webhook: provider, reports).
 LOG_FACTS = web.RequestKey("log_facts", dict[str, Any])

@@ -1,27 +1,34 @@
 """The application factory: the route table, middlewares, and each resource's lifetime."""
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from typing import Protocol, TypeVar
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import asyncpg
 from aiohttp import web
 
-from receiver import accounts, api, console, migrate, openapi, subscriptions, webhooks
+from receiver import accounts, console
 from receiver.console import subscriptions as console_subs
 from receiver.console import views as console_views
-from receiver.db import connection, log_loop_failure, open_pool
-from receiver.edge import edge_middleware
-from receiver.forward import Forwarder, http_client
-from receiver.ingest.journal import Journal
-from receiver.ingest.projector import Projector
-from receiver.ingest.queries import ensure_partitions
-from receiver.keys import JOURNAL, METRICS, POOL, PROJECTOR, SETTINGS
+from receiver.forwarding.forwarder import forwarder_running
+from receiver.http import (
+    deliveries,
+    erasures,
+    groups,
+    health,
+    messages,
+    openapi,
+    receipts,
+    subscriptions,
+    webhooks,
+)
+from receiver.http.edge import edge_middleware
+from receiver.http.keys import JOURNAL, METRICS, POOL, PROJECTOR, SETTINGS
+from receiver.ingest.journal import journal_running
+from receiver.ingest.projector import make_projector, projector_running
+from receiver.maintenance.retention import retention_running
 from receiver.metrics import Metrics
-from receiver.poll import Poller
-from receiver.poll import http_client as poll_client
-from receiver.retention import Retention
+from receiver.migrate import migrated_pool
+from receiver.polling.poller import poller_running
 from receiver.settings import Settings
 
 
@@ -37,32 +44,32 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics(accounts.names(settings))
     app.add_routes(
         [
-            web.get("/healthz", api.healthz),
-            web.get("/readyz", api.readyz),
-            web.get("/metrics", api.metrics),
+            web.get("/healthz", health.healthz),
+            web.get("/readyz", health.readyz),
+            web.get("/metrics", health.metrics),
             web.get("/openapi.json", openapi.openapi_json),
             web.get("/docs", openapi.docs_page),
             web.post("/webhooks/{provider}", webhooks.receive),
             web.post("/webhooks/{provider}/{token}", webhooks.receive),
-            web.post("/v1/messages/{provider}", api.register),
-            web.get("/v1/messages", api.search_messages),
-            web.get("/v1/messages/{provider}/{id}", api.get_message),
-            web.get("/v1/groups/{provider}/{id}", api.get_group),
-            web.get("/v1/unmapped", api.list_unmapped),
-            web.get("/v1/receipts/problems", api.receipts_with_problems),
-            web.get("/v1/receipts/{id}", api.get_receipt),
-            web.post("/v1/erasures", api.erase),
+            web.post("/v1/messages/{provider}", messages.register),
+            web.get("/v1/messages", messages.search_messages),
+            web.get("/v1/messages/{provider}/{id}", messages.get_message),
+            web.get("/v1/groups/{provider}/{id}", groups.get_group),
+            web.get("/v1/unmapped", receipts.list_unmapped),
+            web.get("/v1/receipts/problems", receipts.receipts_with_problems),
+            web.get("/v1/receipts/{id}", receipts.get_receipt),
+            web.post("/v1/erasures", erasures.erase),
             web.post("/v1/subscriptions", subscriptions.create),
             web.get("/v1/subscriptions", subscriptions.list_all),
             web.get("/v1/subscriptions/{id}", subscriptions.read),
             web.patch("/v1/subscriptions/{id}", subscriptions.update),
             web.delete("/v1/subscriptions/{id}", subscriptions.delete),
             web.post("/v1/subscriptions/{id}/rotate-secret", subscriptions.rotate_secret),
-            web.post("/v1/subscriptions/{id}/replay", subscriptions.replay_range),
-            web.get("/v1/subscriptions/{id}/deliveries", subscriptions.list_deliveries),
-            web.get("/v1/subscriptions/{id}/deliveries/{delivery_id}", subscriptions.read_delivery),
+            web.post("/v1/subscriptions/{id}/replay", deliveries.replay_range),
+            web.get("/v1/subscriptions/{id}/deliveries", deliveries.list_deliveries),
+            web.get("/v1/subscriptions/{id}/deliveries/{delivery_id}", deliveries.read_delivery),
             web.post(
-                "/v1/subscriptions/{id}/deliveries/{delivery_id}/replay", subscriptions.replay_one
+                "/v1/subscriptions/{id}/deliveries/{delivery_id}/replay", deliveries.replay_one
             ),
             # The console (receiver/console/): a session cookie rather than a bearer token,
             # checked with the scopes and CSRF for every path under /console by the edge.
@@ -109,106 +116,8 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def make_journal(pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None) -> Journal:
-    return Journal(
-        pool,
-        settings.ingest_max_batch,
-        settings.ingest_max_inflight,
-        ack_timeout=settings.ack_timeout,
-        metrics=metrics,
-    )
-
-
-def make_projector(
-    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
-) -> Projector:
-    return Projector(
-        pool,
-        max_updates=settings.project_max_batch,
-        idle_poll=settings.project_idle_poll,
-        gather=settings.project_gather,
-        # Only what a configured account polls is scheduled: a message nobody will poll
-        # must not wait in the poll index (and become `stale`) for nothing.
-        polled=polled_accounts(settings),
-        first_poll_in=settings.poll_min_interval,
-        metrics=metrics,
-    )
-
-
-def polled_accounts(settings: Settings) -> set[tuple[str, str | None]]:
-    """The (provider, account) pairs whose messages are polled one by one. A message with no
-    account (registered without naming one) is the default account's."""
-    pairs: set[tuple[str, str | None]] = set()
-    for provider, name, _ in accounts.polled(settings):
-        pairs.add((provider.name, name))
-        if name == accounts.DEFAULT:
-            pairs.add((provider.name, None))
-    return pairs
-
-
-@asynccontextmanager
-async def journal_running(
-    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
-) -> AsyncIterator[Journal]:
-    """The journal writer, and its day partitions made ahead (at start, then hourly)."""
-    journal = make_journal(pool, settings, metrics)
-    journal.start()
-    partitions = asyncio.create_task(_keep_partitions(pool), name="journal-partitions")
-    try:
-        yield journal
-    finally:
-        partitions.cancel()
-        with suppress(asyncio.CancelledError):
-            await partitions
-        await journal.close()
-
-
-async def _keep_partitions(pool: asyncpg.Pool) -> None:
-    while True:
-        try:
-            async with connection(pool) as conn:
-                await ensure_partitions(conn, days_ahead=7)
-        except Exception as exc:
-            # Not urgent: a week is made ahead, and the default partition takes any overflow.
-            log_loop_failure("journal.partitions", exc)
-        await asyncio.sleep(3600)
-
-
-class _Loop(Protocol):
-    """A background loop: run() until stop() is called, then finish what it is doing."""
-
-    async def run(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-_L = TypeVar("_L", bound=_Loop)
-
-
-@asynccontextmanager
-async def _looping(loop: _L, name: str) -> AsyncIterator[_L]:
-    task = asyncio.create_task(loop.run(), name=name)
-    try:
-        yield loop
-    finally:
-        loop.stop()
-        await task
-
-
-@asynccontextmanager
-async def projector_running(
-    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
-) -> AsyncIterator[Projector]:
-    async with _looping(make_projector(pool, settings, metrics), "project") as projector:
-        yield projector
-
-
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    assert settings.database_url is not None
-    async with open_pool(settings.database_url.get_secret_value(), settings.db_pool_size) as pool:
-        async with pool.acquire() as conn:
-            await migrate.apply(conn)
+    async with migrated_pool(app[SETTINGS]) as pool:
         app[POOL] = pool
         yield
 
@@ -248,39 +157,10 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def forwarder_running(
-    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
-) -> AsyncIterator[Forwarder]:
-    async with (
-        http_client(settings) as session,
-        _looping(Forwarder(pool, session, settings, metrics), "forward") as forwarder,
-    ):
-        yield forwarder
-
-
-@asynccontextmanager
-async def poller_running(
-    pool: asyncpg.Pool, journal: Journal, settings: Settings, metrics: Metrics | None = None
-) -> AsyncIterator[Poller]:
-    async with (
-        poll_client(settings) as session,
-        _looping(Poller(pool, journal, session, settings, metrics), "poll") as poller,
-    ):
-        yield poller
-
-
-@asynccontextmanager
-async def retention_running(
-    pool: asyncpg.Pool, settings: Settings, metrics: Metrics | None = None
-) -> AsyncIterator[Retention]:
-    async with _looping(Retention(pool, settings, metrics), "retention") as retention:
-        yield retention
-
-
-@asynccontextmanager
 async def background_running(pool: asyncpg.Pool, settings: Settings) -> AsyncIterator[None]:
     """Everything but HTTP that the settings enable: what `serve` runs in a process of its own
-    (python -m receiver background), beside the processes that answer requests."""
+    (python -m receiver background), beside the processes that answer requests. The same
+    context managers as the cleanup contexts above, kept beside them so both stay in step."""
     metrics = Metrics(accounts.names(settings))
     async with AsyncExitStack() as stack:
         if settings.project_enabled:

@@ -14,10 +14,10 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from receiver import broker_url
-from receiver.sinks.base import Outcome, Outgoing
-from receiver.sinks.link import BrokerDown, Link
-from receiver.sinks.webhook import describe_error
+from receiver.forwarding import broker_url
+from receiver.forwarding.sinks.base import Outcome, Outgoing
+from receiver.forwarding.sinks.link import BrokerDown, Link
+from receiver.forwarding.sinks.webhook import describe_error
 
 # Printable ASCII but '%' stays as it is in the message-key header; anything else (a CR or LF
 # would end the header line) is percent-encoded.

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import yarl
 
-from receiver import broker_url
+from receiver.forwarding import broker_url
 
 # A hostname label once IDNA-encoded: letters, digits, hyphens (RFC 1123), and underscores,
 # which DNS allows and some real hosts have; no hyphen at either end.

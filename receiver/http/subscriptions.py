@@ -1,28 +1,35 @@
-"""Client side: subscriptions to status changes, their deliveries, and replays."""
+"""Subscriptions to status changes: create, list, read, change, delete, rotate the secret
+(their deliveries and replays: receiver/http/deliveries.py)."""
 
 import asyncio
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import yarl
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from receiver import broker_url, cursors, forward_queries, instants, views
 from receiver.db import Conn, connection
-from receiver.errors import ApiError, read_body
-from receiver.forward import new_secret
-from receiver.instants import Instant
+from receiver.forwarding import broker_url
+from receiver.forwarding import queries as forward_queries
+from receiver.forwarding.netguard import (
+    BlockedAddress,
+    GuardedResolver,
+    check_literal,
+    parse_networks,
+)
+from receiver.forwarding.payload import new_secret
+from receiver.forwarding.target_url import check_target_url
+from receiver.http import cursors, params, views
+from receiver.http.errors import ApiError, read_body
+from receiver.http.keys import POOL, SETTINGS
+from receiver.http.openapi import Operation, documented
 from receiver.jsonio import has_nul, model_response
-from receiver.keys import POOL, SETTINGS
-from receiver.netguard import BlockedAddress, GuardedResolver, check_literal, parse_networks
-from receiver.openapi import Operation, documented
 from receiver.providers import PROVIDERS
 from receiver.providers.base import describe
 from receiver.status import Status
-from receiver.target_url import check_target_url
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -67,13 +74,6 @@ class _Rotate(BaseModel):
 _MOST_OLD_SECRETS = 10
 
 
-class _ReplayRange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    since: Instant | None = None
-    until: Instant | None = None
-
-
 class _ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,18 +81,10 @@ class _ListQuery(BaseModel):
     cursor: str | None = Field(default=None, max_length=1000)
 
 
-class _DeliveryQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    state: Literal["pending", "delivered", "dead"] | None = None
-    limit: int = Field(default=50, ge=1, le=500)
-    cursor: str | None = Field(default=None, max_length=200)
+NOT_FOUND = {404: "subscription_not_found"}
 
 
-_NOT_FOUND = {404: "subscription_not_found"}
-
-
-async def _body(request: web.Request, model: type[M]) -> M:
+async def json_body(request: web.Request, model: type[M]) -> M:
     raw = await read_body(request)
     try:
         body = model.model_validate_json(raw or b"{}")
@@ -103,17 +95,17 @@ async def _body(request: web.Request, model: type[M]) -> M:
     return body
 
 
-def _missing(kind: str) -> ApiError:
+def missing(kind: str) -> ApiError:
     """One error code per kind of thing not found: subscription_not_found, delivery_not_found
     (a route that does not exist at all is aiohttp's not_found)."""
     return ApiError(404, f"{kind}_not_found", f"no such {kind}")
 
 
-def _id(request: web.Request, name: str = "id") -> uuid.UUID:
+def path_id(request: web.Request, name: str = "id") -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info[name])
     except ValueError as exc:
-        raise _missing("subscription" if name == "id" else "delivery") from exc
+        raise missing("subscription" if name == "id" else "delivery") from exc
 
 
 async def _check_target(request: web.Request, url: str) -> None:
@@ -174,7 +166,7 @@ def _view_fields(row: asyncpg.Record) -> dict[str, Any]:
     )
 )
 async def create(request: web.Request) -> web.Response:
-    fields = await _body(request, _Fields)
+    fields = await json_body(request, _Fields)
     await _check_target(request, fields.url)
     secret = new_secret()
     async with connection(request.app[POOL]) as conn:
@@ -199,7 +191,7 @@ async def create(request: web.Request) -> web.Response:
     )
 )
 async def list_all(request: web.Request) -> web.Response:
-    query = _query(request, _ListQuery)
+    query = params.query(request, _ListQuery)
     async with connection(request.app[POOL]) as conn:
         page = await subscription_page(conn, query.cursor, query.limit)
     return model_response(page)
@@ -216,19 +208,12 @@ async def subscription_page(conn: Conn, cursor: str | None, limit: int) -> views
     return views.SubscriptionPage(subscriptions=[_view(r) for r in rows], next_cursor=next_cursor)
 
 
-def _query(request: web.Request, model: type[M]) -> M:
-    try:
-        return model.model_validate(dict(request.query))
-    except ValidationError as exc:
-        raise ApiError(400, "invalid_query", describe(exc)) from exc
-
-
-@documented(Operation("One subscription (no secret)", {200: views.Subscription}, _NOT_FOUND))
+@documented(Operation("One subscription (no secret)", {200: views.Subscription}, NOT_FOUND))
 async def read(request: web.Request) -> web.Response:
     async with connection(request.app[POOL]) as conn:
-        row = await forward_queries.get_subscription(conn, _id(request))
+        row = await forward_queries.get_subscription(conn, path_id(request))
     if row is None:
-        raise _missing("subscription")
+        raise missing("subscription")
     return model_response(_view(row))
 
 
@@ -236,13 +221,13 @@ async def read(request: web.Request) -> web.Response:
     Operation(
         "Change any field; enabled true re-enables a disabled one",
         {200: views.Subscription},
-        {**_NOT_FOUND, 400: "invalid_body, url_not_allowed"},
+        {**NOT_FOUND, 400: "invalid_body, url_not_allowed"},
         body=_Patch,
     )
 )
 async def update(request: web.Request) -> web.Response:
-    subscription_id = _id(request)
-    patch = await _body(request, _Patch)
+    subscription_id = path_id(request)
+    patch = await json_body(request, _Patch)
     changes: dict[str, Any] = {}
     for name in patch.model_fields_set:
         value = getattr(patch, name)
@@ -261,16 +246,16 @@ async def update(request: web.Request) -> web.Response:
     async with connection(request.app[POOL]) as conn, conn.transaction():
         row = await forward_queries.update_subscription(conn, subscription_id, changes)
     if row is None:
-        raise _missing("subscription")
+        raise missing("subscription")
     return model_response(_view(row))
 
 
-@documented(Operation("Delete a subscription and its deliveries", {204: None}, _NOT_FOUND))
+@documented(Operation("Delete a subscription and its deliveries", {204: None}, NOT_FOUND))
 async def delete(request: web.Request) -> web.Response:
     async with connection(request.app[POOL]) as conn:
-        deleted = await forward_queries.delete_subscription(conn, _id(request))
+        deleted = await forward_queries.delete_subscription(conn, path_id(request))
     if not deleted:
-        raise _missing("subscription")
+        raise missing("subscription")
     return web.Response(status=204)
 
 
@@ -278,14 +263,14 @@ async def delete(request: web.Request) -> web.Response:
     Operation(
         "A new secret (shown once); replaced ones keep signing for their grace period",
         {200: views.Subscription},
-        {**_NOT_FOUND, 400: "invalid_body", 409: "too_many_secrets"},
+        {**NOT_FOUND, 400: "invalid_body", 409: "too_many_secrets"},
         body=_Rotate,
     )
 )
 async def rotate_secret(request: web.Request) -> web.Response:
-    rotate = await _body(request, _Rotate)
+    rotate = await json_body(request, _Rotate)
     async with connection(request.app[POOL]) as conn:
-        view = await rotated(conn, _id(request), rotate.grace_seconds)
+        view = await rotated(conn, path_id(request), rotate.grace_seconds)
     return model_response(view)
 
 
@@ -301,7 +286,7 @@ async def rotated(
     if row is None:
         current = await forward_queries.get_subscription(conn, subscription_id)
         if current is None:
-            raise _missing("subscription")
+            raise missing("subscription")
         expiries = _expiries(current)
         clears = f"; the first stops signing at {expiries[0].isoformat()}" if expiries else ""
         raise ApiError(
@@ -312,137 +297,6 @@ async def rotated(
     return _view(row, secret)
 
 
-@documented(
-    Operation(
-        "A subscription's deliveries, newest first",
-        {200: views.DeliveryPage},
-        {**_NOT_FOUND, 400: "invalid_query, invalid_cursor"},
-        query=_DeliveryQuery,
-    )
-)
-async def list_deliveries(request: web.Request) -> web.Response:
-    subscription_id = _id(request)
-    query = _query(request, _DeliveryQuery)
-    async with connection(request.app[POOL]) as conn:
-        if await forward_queries.get_subscription(conn, subscription_id) is None:
-            raise _missing("subscription")
-        page = await delivery_page(conn, subscription_id, query.state, query.cursor, query.limit)
-    return model_response(page)
-
-
-async def delivery_page(
-    conn: Conn, subscription_id: uuid.UUID, state: str | None, cursor: str | None, limit: int
-) -> views.DeliveryPage:
-    """A page of a subscription's deliveries, newest first: the API's list and the console's."""
-    after = _delivery_cursor(cursor) if cursor else None
-    rows = await forward_queries.list_deliveries(conn, subscription_id, state, after, limit)
-    next_cursor = None
-    if len(rows) == limit:
-        next_cursor = cursors.encode(rows[-1]["created_at"], rows[-1]["id"])
-    return views.DeliveryPage(deliveries=[_delivery(r) for r in rows], next_cursor=next_cursor)
-
-
-def _delivery_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    if "|" not in cursor:
-        return cursors.moment_and_id(cursor)
-    # `{created_at}|{id}`: the form given out before every cursor was one format.
-    created, _, last_id = cursor.partition("|")
-    try:
-        return instants.parse(created), uuid.UUID(last_id)
-    except ValueError as exc:
-        raise cursors.invalid() from exc
-
-
-@documented(
-    Operation(
-        "One delivery with its payload and every attempt",
-        {200: views.DeliveryDetail},
-        {404: "subscription_not_found, delivery_not_found"},
-    )
-)
-async def read_delivery(request: web.Request) -> web.Response:
-    subscription_id, delivery_id = _id(request), _id(request, "delivery_id")
-    async with connection(request.app[POOL]) as conn:
-        row = await forward_queries.get_delivery(conn, subscription_id, delivery_id)
-        if row is None:
-            raise _missing("delivery")
-        attempts = await forward_queries.delivery_attempts(conn, delivery_id)
-    return model_response(
-        views.DeliveryDetail(
-            **_delivery_fields(row),
-            payload=row["payload"],
-            attempts=[views.DeliveryAttempt(**a) for a in attempts],
-        )
-    )
-
-
-@documented(
-    Operation(
-        "Send one delivery again now, with a fresh retry schedule",
-        {202: views.Replayed},
-        {404: "subscription_not_found, delivery_not_found"},
-    )
-)
-async def replay_one(request: web.Request) -> web.Response:
-    subscription_id, delivery_id = _id(request), _id(request, "delivery_id")
-    async with connection(request.app[POOL]) as conn:
-        count = await forward_queries.replay_one(conn, subscription_id, delivery_id)
-    if count == 0:
-        raise _missing("delivery")
-    return model_response(views.Replayed(replayed=count), status=202)
-
-
-@documented(
-    Operation(
-        "Send again every status change in [since, until) the subscription's filters match",
-        {202: views.Replayed},
-        {**_NOT_FOUND, 400: "invalid_body"},
-        body=_ReplayRange,
-    )
-)
-async def replay_range(request: web.Request) -> web.Response:
-    subscription_id = _id(request)
-    window = await _body(request, _ReplayRange)
-    async with connection(request.app[POOL]) as conn:
-        count = await replay(conn, subscription_id, window.since, window.until)
-    return model_response(views.Replayed(replayed=count), status=202)
-
-
-async def replay(
-    conn: Conn, subscription_id: uuid.UUID, since: datetime | None, until: datetime | None
-) -> int:
-    """Replay a subscription's range [since, until): the API's and the console's."""
-    if await forward_queries.get_subscription(conn, subscription_id) is None:
-        raise _missing("subscription")
-    return await forward_queries.replay_range(conn, subscription_id, since, until)
-
-
 def view(row: asyncpg.Record) -> views.Subscription:
     """A subscription as the API shows it (no secrets): what the console shows too."""
     return _view(row)
-
-
-def delivery_view(row: asyncpg.Record) -> views.Delivery:
-    """A delivery as the API lists it: what the console shows too."""
-    return _delivery(row)
-
-
-def _delivery(row: asyncpg.Record) -> views.Delivery:
-    return views.Delivery(**_delivery_fields(row), attempts=row["attempts"])
-
-
-def _delivery_fields(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": str(row["id"]),
-        "event_id": row["event_id"],
-        "provider": row["provider"],
-        "message_id": row["message_key"],
-        "seq": row["seq"],
-        "status": row["status"],
-        "state": row["state"],
-        "next_attempt_at": row["next_attempt_at"] if row["state"] == "pending" else None,
-        "last_status": row["last_status"],
-        "last_error": row["last_error"],
-        "created_at": row["created_at"],
-        "delivered_at": row["delivered_at"],
-    }

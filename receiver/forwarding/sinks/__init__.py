@@ -7,12 +7,12 @@ subscription's URL and keeps one connection per broker server for the forwarder'
 
 import aiohttp
 
-from receiver import broker_url
-from receiver.netguard import IPNetwork
-from receiver.sinks.base import Outcome, Outgoing, Sink
-from receiver.sinks.jetstream import JetStreamSink
-from receiver.sinks.rabbitmq import RabbitSink
-from receiver.sinks.webhook import WebhookSink
+from receiver.forwarding import broker_url
+from receiver.forwarding.netguard import IPNetwork
+from receiver.forwarding.sinks.base import Outcome, Outgoing, Sink
+from receiver.forwarding.sinks.jetstream import JetStreamSink
+from receiver.forwarding.sinks.rabbitmq import RabbitSink
+from receiver.forwarding.sinks.webhook import WebhookSink
 
 __all__ = ["Outcome", "Outgoing", "Sink", "Sinks"]
 

@@ -18,8 +18,8 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from receiver import apidocs, views
-from receiver.auth import needed_scope
+from receiver.http import apidocs, views
+from receiver.http.auth import needed_scope
 
 _REF = "#/components/schemas/{model}"
 

@@ -3,8 +3,8 @@ their own way)."""
 
 from aiohttp import web
 
-from receiver.errors import ApiError
-from receiver.keys import SETTINGS
+from receiver.http.errors import ApiError
+from receiver.http.keys import SETTINGS
 from receiver.providers.base import same
 from receiver.settings import split_token
 

@@ -247,8 +247,9 @@ class Replayed(_View):
     replayed: int
 
 
-# The forwarded payload: what subscribers receive (webhooks in the document). Built in the
-# projector as plain dicts (it is on its hot path); tests check those against these models.
+# The forwarded payload: what subscribers receive (webhooks in the document). Built by
+# receiver/forwarding/payload.py as plain dicts (on the projector's hot path); tests check
+# those against these models.
 
 
 class ChangeEvent(_View):

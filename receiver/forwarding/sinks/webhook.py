@@ -3,8 +3,8 @@
 import aiohttp
 import yarl
 
-from receiver.netguard import BlockedAddress, IPNetwork, check_literal
-from receiver.sinks.base import Outcome, Outgoing
+from receiver.forwarding.netguard import BlockedAddress, IPNetwork, check_literal
+from receiver.forwarding.sinks.base import Outcome, Outgoing
 
 _RESPONSE_PEEK = 4096  # bytes of a subscriber's answer worth keeping in the error text
 

@@ -1,0 +1,1 @@
+"""HTTP: the application, its route table and edge, and one module per resource of the API."""

@@ -1,0 +1,1 @@
+"""Maintenance: retention, stored receipts read again (reprocess), erasure of a phone number."""

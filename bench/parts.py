@@ -1,0 +1,176 @@
+"""The receiver taken apart, to see where a single report's cost goes (README, "Where the
+cost goes"). Two measurements on a fresh database each, Infobip single reports by wrk:
+
+noop:    bench.baselines' noop under the same wrk, just before: the ceiling, for the ratio.
+ack:     `serve` with its projector off (RECEIVER_PROJECT_ENABLED=false) under wrk -t1 -c64:
+         acknowledged reports/s and CPU µs per request of the HTTP process, Postgres and wrk,
+         and how many requests each group commit carried.
+catchup: what `ack` journaled, then `python -m receiver project` alone draining it: projected
+         reports/s and CPU µs per report of the projector process and of Postgres.
+
+    RECEIVER_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test .venv/bin/python -m bench.parts
+
+Needs a Postgres on this machine (its processes' CPU is read from /proc) and wrk
+(bench/setup.sh).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import asyncpg
+
+from bench import run, wrk_load
+from bench.load import TOKEN
+from bench.wrk_load import WORKLOADS
+
+
+def _env(database_url: str, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    env.update(
+        RECEIVER_DATABASE_URL=database_url,
+        RECEIVER_PORT=str(port),
+        RECEIVER_API_TOKENS=TOKEN,
+        RECEIVER_INFOBIP_WEBHOOK_USERNAME="bench",
+        RECEIVER_INFOBIP_WEBHOOK_PASSWORD="bench-password",
+        RECEIVER_POLL_ENABLED="false",
+        RECEIVER_FORWARD_ENABLED="false",
+        RECEIVER_WORKERS="1",
+    )
+    return env
+
+
+async def _fetch(database_url: str, query: str) -> Any:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval(query)
+    finally:
+        await conn.close()
+
+
+def noop(duration: int) -> dict[str, Any]:
+    """The framework's ceiling in the same minute (bench.baselines noop), for the ratio."""
+    with run.server("noop", "") as (url, pid):
+        cmd, wrk_env = wrk_load.command(
+            WORKLOADS["infobip1"],
+            url,
+            duration=duration,
+            connections=64,
+            threads=1,
+            messente_file=None,
+            nonce=wrk_load.new_nonce(),
+        )
+        pids = run._server_pids(pid)
+        before = run._cpu_seconds(pids)
+        ran = subprocess.run(cmd, env=wrk_env, capture_output=True, text=True, check=True)
+        after = run._cpu_seconds(pids)
+    stats = wrk_load.parse(ran.stdout)
+    acked = stats["acked_reports"]
+    return {
+        "reports_per_s": round(acked / stats["duration_s"]),
+        "cpu_us_http": round(run._used(before, after) / acked * 1e6, 1),
+    }
+
+
+def measure(server_url: str, postmaster: int, duration: int) -> dict[str, Any]:
+    workload = WORKLOADS["infobip1"]
+    with run.scratch_database(server_url) as database:
+        pg = run.PgScope(postmaster, database.rsplit("/", 1)[1])
+        port = run.free_port()
+        env = _env(database, port)
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "serve"],
+            env=dict(env, RECEIVER_PROJECT_ENABLED="false"),
+            cwd=run.ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            run.wait_ready(url, "/healthz")
+            cmd, wrk_env = wrk_load.command(
+                workload,
+                url,
+                duration=duration,
+                connections=64,
+                threads=1,
+                messente_file=None,
+                nonce=wrk_load.new_nonce(),
+            )
+            before = run.cpu_now(serve.pid, pg)
+            ran = subprocess.run(cmd, env=wrk_env, capture_output=True, text=True, check=True)
+            after = run.cpu_now(serve.pid, pg)
+        finally:
+            serve.terminate()
+            serve.wait(timeout=30)
+        stats = wrk_load.parse(ran.stdout)
+        acked = stats["acked_reports"]
+        commits = asyncio.run(_fetch(database, "select count(distinct xid) from journal"))
+        ack = {
+            "reports_per_s": round(acked / stats["duration_s"]),
+            "p99_ms": stats["p99_ms"],
+            "cpu_us_http": round(run._used(before.server, after.server) / acked * 1e6, 1),
+            "cpu_us_postgres": round(run._used(before.postgres, after.postgres) / acked * 1e6, 1),
+            "cpu_us_wrk": round((after.children - before.children) / acked * 1e6, 1),
+            "requests_per_commit": round(acked / commits, 1),
+        }
+
+        journaled = asyncio.run(_fetch(database, "select count(*) from journal"))
+        started = time.monotonic()
+        before = run.cpu_now(os.getpid(), pg)
+        project = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "project"],
+            env=env,
+            cwd=run.ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            while asyncio.run(_fetch(database, "select count(*) from events")) < journaled:
+                time.sleep(0.05)
+            took = time.monotonic() - started
+            projector_cpu = run._cpu_seconds([str(project.pid)])[str(project.pid)]
+            after = run.cpu_now(os.getpid(), pg)
+        finally:
+            project.terminate()
+            project.wait(timeout=30)
+        catchup = {
+            "reports": journaled,
+            "reports_per_s": round(journaled / took),
+            # The projector's CPU includes its start (imports, pool): a few ms per thousand.
+            "cpu_us_projector": round(projector_cpu / journaled * 1e6, 1),
+            "cpu_us_postgres": round(
+                run._used(before.postgres, after.postgres) / journaled * 1e6, 1
+            ),
+        }
+    return {"ack": ack, "catchup": catchup}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds of wrk")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    wrk_load.wrk_binary()
+    with run.postgres() as server_url:
+        postmaster = asyncio.run(run._postmaster(server_url))
+        for number in range(1, args.runs + 1):
+            ceiling = noop(args.duration)
+            parts = measure(server_url, postmaster, args.duration)
+            ratio = parts["ack"]["reports_per_s"] / ceiling["reports_per_s"]
+            print(
+                json.dumps(
+                    {"run": number, "noop": ceiling, **parts, "ack_of_noop": round(ratio, 2)}
+                )
+            )
+
+
+if __name__ == "__main__":
+    main()

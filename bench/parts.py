@@ -26,23 +26,7 @@ from typing import Any
 import asyncpg
 
 from bench import run, wrk_load
-from bench.load import TOKEN
 from bench.wrk_load import WORKLOADS
-
-
-def _env(database_url: str, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    env.update(
-        RECEIVER_DATABASE_URL=database_url,
-        RECEIVER_PORT=str(port),
-        RECEIVER_API_TOKENS=TOKEN,
-        RECEIVER_INFOBIP_WEBHOOK_USERNAME="bench",
-        RECEIVER_INFOBIP_WEBHOOK_PASSWORD="bench-password",
-        RECEIVER_POLL_ENABLED="false",
-        RECEIVER_FORWARD_ENABLED="false",
-        RECEIVER_WORKERS="1",
-    )
-    return env
 
 
 async def _fetch(database_url: str, query: str) -> Any:
@@ -82,7 +66,7 @@ def measure(server_url: str, postmaster: int, duration: int) -> dict[str, Any]:
     with run.scratch_database(server_url) as database:
         pg = run.PgScope(postmaster, database.rsplit("/", 1)[1])
         port = run.free_port()
-        env = _env(database, port)
+        env = run.receiver_env(database, port, forward=False, workers=1)
         serve = subprocess.Popen(
             [sys.executable, "-m", "receiver", "serve"],
             env=dict(env, RECEIVER_PROJECT_ENABLED="false"),

@@ -117,25 +117,32 @@ def wait_ready(url: str, path: str) -> None:
     raise RuntimeError(f"{url} did not start")
 
 
+def receiver_env(database_url: str, port: int, *, forward: bool, workers: int) -> dict[str, str]:
+    """The receiver's environment in a benchmark: this one's, without any RECEIVER_ setting of
+    the shell, and the bench's credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    env.update(
+        RECEIVER_DATABASE_URL=database_url,
+        RECEIVER_PORT=str(port),
+        RECEIVER_API_TOKENS=TOKEN,
+        RECEIVER_MESSENTE_API_PASSWORD="bench-password",
+        RECEIVER_INFOBIP_WEBHOOK_USERNAME="bench",
+        RECEIVER_INFOBIP_WEBHOOK_PASSWORD="bench-password",
+        RECEIVER_POLL_ENABLED="false",
+        RECEIVER_FORWARD_ENABLED="true" if forward else "false",
+        RECEIVER_FORWARD_ALLOW_NETWORKS="127.0.0.0/8",
+        RECEIVER_WORKERS=str(workers),
+    )
+    return env
+
+
 @contextlib.contextmanager
 def server(
     kind: str, database_url: str, *, forward: bool = False, workers: int = 1
 ) -> Iterator[tuple[str, int]]:
     port = free_port()
     if kind == "receiver":
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-        env.update(
-            RECEIVER_DATABASE_URL=database_url,
-            RECEIVER_PORT=str(port),
-            RECEIVER_API_TOKENS=TOKEN,
-            RECEIVER_MESSENTE_API_PASSWORD="bench-password",
-            RECEIVER_INFOBIP_WEBHOOK_USERNAME="bench",
-            RECEIVER_INFOBIP_WEBHOOK_PASSWORD="bench-password",
-            RECEIVER_POLL_ENABLED="false",
-            RECEIVER_FORWARD_ENABLED="true" if forward else "false",
-            RECEIVER_FORWARD_ALLOW_NETWORKS="127.0.0.0/8",
-            RECEIVER_WORKERS=str(workers),
-        )
+        env = receiver_env(database_url, port, forward=forward, workers=workers)
         cmd = [sys.executable, "-m", "receiver", "serve"]
         probe = "/healthz"
     else:

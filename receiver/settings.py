@@ -50,6 +50,9 @@ def _split_commas(value: object) -> object:
 # --- Provider accounts (issue 11) ---------------------------------------------------------
 
 
+_YEAR = 365 * 86400
+
+
 class Account(BaseModel):
     """One entry of RECEIVER_ACCOUNTS (JSON): `{"messente": {"brand2": {...}}}`."""
 
@@ -82,6 +85,12 @@ class Account(BaseModel):
     poll_rate: float | None = Field(default=None, gt=0)
     # Seconds between drains of the account's report queues once they came back empty.
     poll_interval: float | None = Field(default=None, gt=0)
+    # The account's poll schedule, in seconds; unset: RECEIVER_POLL_MIN_INTERVAL,
+    # RECEIVER_POLL_MAX_INTERVAL, RECEIVER_POLL_MAX_AGE. Capped at a year (intervals) and ten
+    # years (age) so the schedule stays a date Postgres can hold.
+    poll_min_interval: float | None = Field(default=None, gt=0, le=_YEAR)
+    poll_max_interval: float | None = Field(default=None, gt=0, le=_YEAR)
+    poll_max_age: float | None = Field(default=None, gt=0, le=10 * _YEAR)
 
     @field_validator("time_zone")
     @classmethod

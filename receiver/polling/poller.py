@@ -67,6 +67,10 @@ class _Polling:
     account: Account
     slots: asyncio.Semaphore
     spacing: _Spacing
+    # Its schedule: first and largest gap between polls, and the age past which it gives up.
+    min_interval: float
+    max_interval: float
+    max_age: float
 
     @property
     def label(self) -> str:
@@ -81,6 +85,9 @@ def _polling(provider: Provider, name: str, account: Account, settings: Settings
         account,
         asyncio.Semaphore(account.poll_concurrency or settings.poll_concurrency),
         _Spacing(account.poll_rate or settings.poll_rate),
+        account.poll_min_interval or settings.poll_min_interval,
+        account.poll_max_interval or settings.poll_max_interval,
+        account.poll_max_age or settings.poll_max_age,
     )
 
 
@@ -161,16 +168,17 @@ class Poller:
         active = self._active()
         if not active:
             return 0
-        settings = self._settings
         async with connection(self._pool) as conn:
             claimed = await queries.claim_polls(
                 conn,
-                [(p.provider.name, p.name) for p in active],
+                [
+                    queries.Schedule(
+                        p.provider.name, p.name, p.min_interval, p.max_interval, p.max_age
+                    )
+                    for p in active
+                ],
                 accounts.DEFAULT,
                 _CLAIM_BATCH,
-                min_interval=settings.poll_min_interval,
-                max_interval=settings.poll_max_interval,
-                max_age=settings.poll_max_age,
             )
         jobs = []
         seen_groups: set[tuple[str, str]] = set()

@@ -1,46 +1,55 @@
 """The SQL of polling: which messages are due, and moving or ending their schedules."""
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import asyncpg
 
 from receiver.db import Conn
 
 
+class Schedule(NamedTuple):
+    """One polled (provider, account) pair and its own schedule, in seconds."""
+
+    provider: str
+    account: str
+    min_interval: float
+    max_interval: float
+    max_age: float
+
+
 async def claim_polls(
-    conn: Conn,
-    polled: Sequence[tuple[str, str]],
-    default_account: str,
-    limit: int,
-    *,
-    min_interval: float,
-    max_interval: float,
-    max_age: float,
+    conn: Conn, polled: Sequence[Schedule], default_account: str, limit: int
 ) -> list[asyncpg.Record]:
     """Take unfinished messages of these (provider, account) pairs due for a poll and schedule
-    their next one (doubling from min_interval up to max_interval). A message without an
-    account is the default account's. Past max_age a message is marked stale instead, and
-    comes back with stale = true so the caller skips it."""
+    their next one by their own account's schedule (doubling from its min_interval up to its
+    max_interval). A message without an account is the default account's. Past its account's
+    max_age a message is marked stale instead, and comes back with stale = true so the caller
+    skips it."""
     return await conn.fetch(
         """
-        with due as (
-            select provider, key from messages
-            where provider = any($1::text[]) and next_poll_at <= now() and not stale
-              and status not in ('delivered', 'read', 'failed', 'expired', 'rejected',
-                                 'cancelled')
-              -- Only through an account this poller holds: its credentials, its base URL.
-              and (provider, coalesce(account, $7))
-                  in (select * from unnest($1::text[], $6::text[]))
-            order by next_poll_at
+        with polled as (
+            select * from unnest($1::text[], $3::text[], $5::float8[], $6::float8[],
+                                 $7::float8[])
+                as p(provider, account, min_interval, max_interval, max_age)
+        ), due as (
+            select m.provider, m.key, p.min_interval, p.max_interval, p.max_age
+            from messages m
+            -- Only through an account this poller holds: its credentials, its base URL.
+            join polled p on p.provider = m.provider and p.account = coalesce(m.account, $4)
+            where m.provider = any($1::text[]) and m.next_poll_at <= now() and not m.stale
+              and m.status not in ('delivered', 'read', 'failed', 'expired', 'rejected',
+                                   'cancelled')
+            order by m.next_poll_at
             limit $2
-            for update skip locked
+            for update of m skip locked
         )
         update messages m set
-            stale = m.created_at < now() - make_interval(secs => $5),
+            stale = m.created_at < now() - make_interval(secs => due.max_age),
             next_poll_at = case
-                when m.created_at < now() - make_interval(secs => $5) then null
-                else now() + make_interval(
-                    secs => least($4, $3 * power(2, least(m.poll_attempts, 30))))
+                when m.created_at < now() - make_interval(secs => due.max_age) then null
+                else now() + make_interval(secs => least(
+                    due.max_interval, due.min_interval * power(2, least(m.poll_attempts, 30))))
             end,
             poll_attempts = m.poll_attempts + 1
         from due
@@ -48,13 +57,13 @@ async def claim_polls(
         returning m.provider, m.key, m.account, m.group_key, m.stale, m.next_poll_at,
                   m.poll_attempts
         """,
-        [provider for provider, _ in polled],
+        [s.provider for s in polled],
         limit,
-        min_interval,
-        max_interval,
-        max_age,
-        [account for _, account in polled],
+        [s.account for s in polled],
         default_account,
+        [s.min_interval for s in polled],
+        [s.max_interval for s in polled],
+        [s.max_age for s in polled],
     )
 
 

@@ -37,18 +37,23 @@ async def _fetch(database_url: str, query: str) -> Any:
         await conn.close()
 
 
+def _infobip1(url: str, duration: int) -> tuple[list[str], dict[str, str]]:
+    """wrk's command for Infobip single reports at 64 connections, and its environment."""
+    return wrk_load.command(
+        WORKLOADS["infobip1"],
+        url,
+        duration=duration,
+        connections=64,
+        threads=1,
+        messente_file=None,
+        nonce=wrk_load.new_nonce(),
+    )
+
+
 def noop(duration: int) -> dict[str, Any]:
     """The framework's ceiling in the same minute (bench.baselines noop), for the ratio."""
     with run.server("noop", "") as (url, pid):
-        cmd, wrk_env = wrk_load.command(
-            WORKLOADS["infobip1"],
-            url,
-            duration=duration,
-            connections=64,
-            threads=1,
-            messente_file=None,
-            nonce=wrk_load.new_nonce(),
-        )
+        cmd, wrk_env = _infobip1(url, duration)
         pids = run._server_pids(pid)
         before = run._cpu_seconds(pids)
         ran = subprocess.run(cmd, env=wrk_env, capture_output=True, text=True, check=True)
@@ -62,7 +67,6 @@ def noop(duration: int) -> dict[str, Any]:
 
 
 def measure(server_url: str, postmaster: int, duration: int) -> dict[str, Any]:
-    workload = WORKLOADS["infobip1"]
     with run.scratch_database(server_url) as database:
         pg = run.PgScope(postmaster, database.rsplit("/", 1)[1])
         port = run.free_port()
@@ -77,15 +81,7 @@ def measure(server_url: str, postmaster: int, duration: int) -> dict[str, Any]:
         try:
             url = f"http://127.0.0.1:{port}"
             run.wait_ready(url, "/healthz")
-            cmd, wrk_env = wrk_load.command(
-                workload,
-                url,
-                duration=duration,
-                connections=64,
-                threads=1,
-                messente_file=None,
-                nonce=wrk_load.new_nonce(),
-            )
+            cmd, wrk_env = _infobip1(url, duration)
             before = run.cpu_now(serve.pid, pg)
             ran = subprocess.run(cmd, env=wrk_env, capture_output=True, text=True, check=True)
             after = run.cpu_now(serve.pid, pg)

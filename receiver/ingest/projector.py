@@ -123,21 +123,21 @@ class Projector:
                 # keeps it all), it is only late. Back off, go on.
                 log_loop_failure("project", exc)
                 failures += 1
-                await self._pause(min(0.2 * 2**failures, 10.0))
+                await self._pause(self._wake, min(0.2 * 2**failures, 10.0))
                 continue
             if not projected:
-                await self._pause(self._idle_poll)
+                await self._pause(self._wake, self._idle_poll)
             elif not self._more and self._gather > 0:
                 # Under load every look finds a few rows: gathering them for a moment makes
                 # one batch of what would be many, each paying its statements and commit. A
                 # full batch (a backlog) goes on at once, and so does one someone waits for.
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._hurry.wait(), self._gather)
+                await self._pause(self._hurry, self._gather)
                 self._hurry.clear()
 
-    async def _pause(self, seconds: float) -> None:
+    @staticmethod
+    async def _pause(until: asyncio.Event, seconds: float) -> None:
         with suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            await asyncio.wait_for(until.wait(), seconds)
 
     async def project_once(self) -> int:
         """One batch: returns how many journal rows it applied, a part of a large one

@@ -2,8 +2,12 @@
 set (serve sets it for the processes it starts) every process writes its values there, and a
 scrape of any worker adds up all of them."""
 
+import asyncio
+import bisect
+import contextlib
 import os
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -97,6 +101,48 @@ class _Families:
         }
 
 
+class _Tally:
+    """A webhook series' requests since the last flush: counted here, written to the shared
+    files in one go. In multiprocess mode every increment is a locked write to a file, and a
+    request's counter and histogram were three of them: a twentieth of the request path."""
+
+    __slots__ = ("buckets", "count", "counter", "histogram", "sum")
+
+    def __init__(self, counter: Counter, histogram: Histogram) -> None:
+        self.counter = counter
+        self.histogram = histogram
+        self.count = 0
+        self.sum = 0.0
+        self.buckets = [0] * (len(_BUCKETS) + 1)  # the last: above every bound (+Inf)
+
+    def flush(self) -> None:
+        if self.count:
+            self.counter.inc(self.count)
+            _add_observations(self.histogram, self.sum, self.buckets)
+            self.count, self.sum = 0, 0.0
+            self.buckets = [0] * (len(_BUCKETS) + 1)
+
+
+def _add_observations(histogram: Histogram, total: float, buckets: list[int]) -> None:
+    """Many observations at once: what observe() does for one, per bucket counted (its
+    buckets are stored uncumulated, one value per bound, and summed when scraped)."""
+    # prometheus-client has no public bulk observe: its own fields, as observe() writes them
+    # (tests/unit/test_metrics.py holds the two equal, so an upgrade that changes them fails).
+    histogram._sum.inc(total)
+    for index, count in enumerate(buckets):
+        if count:
+            histogram._buckets[index].inc(count)
+
+
+def _bucket(seconds: float) -> int:
+    # observe() counts a value in the first bucket whose bound is at or above it.
+    return bisect.bisect_left(_BUCKETS, seconds)
+
+
+# How long a request's counts may wait in its process before a scrape sees them.
+FLUSH_EVERY = 0.5
+
+
 # In multiprocess mode a process holds each series once: two objects for one series would
 # each write their own total over the other's in the shared file.
 _shared: _Families | None = None
@@ -123,32 +169,44 @@ class Metrics:
             self._families = _Families(self._registry)
         self._accounts = {p: frozenset(names) for p, names in (accounts or {}).items()}
         # The webhook path's series, by the labels as they came: one dict lookup per request.
-        self._webhook: dict[tuple[str, str | None, int], tuple[Counter, Histogram]] = {}
+        self._webhook: dict[tuple[str, str | None, int], _Tally] = {}
+        # And by their bounded labels: every label set that counts into one series shares it.
+        self._tallies: dict[tuple[str, str, str], _Tally] = {}
+        self._flush_at = time.monotonic() + FLUSH_EVERY
 
     def webhook(self, provider: str, account: str | None, status: int, seconds: float) -> None:
-        """One webhook request answered: one counter and one histogram, found by one lookup."""
-        series = self._webhook.get((provider, account, status))
-        if series is None:
-            series = self._webhook_series(provider, account, status)
-        series[0].inc()
-        series[1].observe(seconds)
+        """One webhook request answered: counted in this process, written out with the others
+        of the last FLUSH_EVERY seconds (at the latest by the next request, scrape or flush)."""
+        tally = self._webhook.get((provider, account, status))
+        if tally is None:
+            tally = self._webhook_series(provider, account, status)
+        tally.count += 1
+        tally.sum += seconds
+        tally.buckets[_bucket(seconds)] += 1
+        if time.monotonic() >= self._flush_at:
+            self.flush()
 
-    def _webhook_series(
-        self, provider: str, account: str | None, status: int
-    ) -> tuple[Counter, Histogram]:
+    def flush(self) -> None:
+        """Write what this process counted and has not written yet."""
+        self._flush_at = time.monotonic() + FLUSH_EVERY
+        for tally in self._tallies.values():
+            tally.flush()
+
+    def _webhook_series(self, provider: str, account: str | None, status: int) -> _Tally:
         bound_provider = self._provider(provider)
         bound_account = NO_ACCOUNT if account is None else self._account(bound_provider, account)
         bound_status = str(status) if str(status) in _STATUSES else OTHER
-        series = (
-            self._families.counters["dlr_webhook_requests"].labels(
-                bound_provider, bound_account, bound_status
-            ),
-            self._families.histograms["dlr_webhook_ack_seconds"].labels(bound_provider),
-        )
+        bound = (bound_provider, bound_account, bound_status)
+        series = self._tallies.get(bound)
+        if series is None:
+            series = self._tallies[bound] = _Tally(
+                self._families.counters["dlr_webhook_requests"].labels(*bound),
+                self._families.histograms["dlr_webhook_ack_seconds"].labels(bound_provider),
+            )
         # Remembered under the labels as they came only when they were already in bounds, so
         # the cache grows no further than the series do.
         as_came = (provider, NO_ACCOUNT if account is None else account, str(status))
-        if (bound_provider, bound_account, bound_status) == as_came:
+        if bound == as_came:
             self._webhook[(provider, account, status)] = series
         return series
 
@@ -161,6 +219,15 @@ class Metrics:
 
     def observe(self, name: str, seconds: float) -> None:
         self._families.histograms[name].observe(max(seconds, 0.0))
+
+    def observe_many(self, name: str, seconds: Iterable[float]) -> None:
+        """Several observations of one histogram written at once (a projection batch's rows)."""
+        total, buckets = 0.0, [0] * (len(_BUCKETS) + 1)
+        for value in seconds:
+            value = max(value, 0.0)
+            total += value
+            buckets[_bucket(value)] += 1
+        _add_observations(self._families.histograms[name], total, buckets)
 
     def _bound(self, labels: dict[str, str]) -> dict[str, str]:
         bound = dict(labels)
@@ -182,6 +249,7 @@ class Metrics:
     def render(self, gauges: dict[str, tuple[str, float]] | None = None) -> str:
         """The Prometheus text of this process's registry, or of every process's files in
         multiprocess mode, and the gauges read from the database for this scrape."""
+        self.flush()
         if self._registry is None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, multiprocess_dir())  # type: ignore[no-untyped-call]  # unannotated upstream
@@ -191,3 +259,22 @@ class Metrics:
         for name, (help_text, value) in (gauges or {}).items():
             lines.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n{name} {value:g}\n")
         return "".join(lines)
+
+
+@contextlib.asynccontextmanager
+async def flushing(metrics: Metrics) -> AsyncIterator[None]:
+    """Counts of a process that has gone quiet still reach a scrape of another worker."""
+
+    async def flush_now_and_then() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            metrics.flush()
+
+    task = asyncio.create_task(flush_now_and_then(), name="metrics-flush")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        metrics.flush()

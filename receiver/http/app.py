@@ -26,7 +26,7 @@ from receiver.http.keys import JOURNAL, METRICS, POOL, PROJECTOR, SETTINGS
 from receiver.ingest.journal import journal_running
 from receiver.ingest.projector import make_projector, projector_running
 from receiver.maintenance.retention import retention_running
-from receiver.metrics import Metrics
+from receiver.metrics import Metrics, flushing
 from receiver.migrate import migrated_pool
 from receiver.polling.poller import poller_running
 from receiver.settings import Settings
@@ -104,6 +104,7 @@ def create_app(settings: Settings) -> web.Application:
         ]
     )
     console.setup(app)
+    app.cleanup_ctx.append(_metrics)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_ingest)
     app.cleanup_ctx.append(_projection)
@@ -114,6 +115,11 @@ def create_app(settings: Settings) -> web.Application:
     if settings.retention_days is not None:
         app.cleanup_ctx.append(_retention)
     return app
+
+
+async def _metrics(app: web.Application) -> AsyncIterator[None]:
+    async with flushing(app[METRICS]):
+        yield
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

@@ -178,10 +178,10 @@ class Projector:
         # A row in parts counts once, with its last part.
         self._metrics.inc("dlr_projected_rows_total", sum(after.covers(r.position) for r in rows))
         now = datetime.now(UTC)
-        for row in rows:
-            if after.covers(row.position):
-                delay = (now - row.entry.received_at).total_seconds()
-                self._metrics.observe("dlr_projection_delay_seconds", delay)
+        self._metrics.observe_many(
+            "dlr_projection_delay_seconds",
+            [(now - r.entry.received_at).total_seconds() for r in rows if after.covers(r.position)],
+        )
         self._seen(after)
         return len(rows)
 

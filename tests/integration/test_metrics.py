@@ -4,6 +4,7 @@ and one scrape covering every worker of `serve` (prometheus-client's multiproces
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from receiver.metrics import FLUSH_EVERY
 from receiver.providers import messente
 from tests.conftest import MESSENTE_PASSWORD, clean_env, free_port, projected
 from tests.integration.test_cli import wait_ready
@@ -118,6 +120,9 @@ def test_one_scrape_counts_the_requests_of_both_workers(database_url: str, tmp_p
         for i in range(5):
             assert _post(base, f"/webhooks/nope-{i}", b"{}", {})[0] == 404
 
+        # The other worker writes its counts at most FLUSH_EVERY seconds after a request, by
+        # its own timer: then one scrape of either worker has them all.
+        time.sleep(FLUSH_EVERY + 0.3)
         with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:  # noqa: S310
             text = resp.read().decode()
         ok = {"provider": "messente", "status": "200"}

@@ -51,3 +51,50 @@ def test_a_delay_from_a_clock_behind_is_not_negative() -> None:
     metrics.observe("dlr_projection_delay_seconds", -5.0)
     (total,) = _series(metrics, "dlr_projection_delay_seconds_sum").values()
     assert total == 0
+
+
+def _histogram(metrics: Metrics, name: str) -> dict[str, float]:
+    """le -> cumulative count, plus _sum and _count, of an unlabelled or single series."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics.render()):
+        for s in family.samples:
+            if s.name == f"{name}_bucket":
+                found[s.labels["le"]] = s.value
+            elif s.name in (f"{name}_sum", f"{name}_count"):
+                found[s.name.removeprefix(name)] = s.value
+    return found
+
+
+def _observed_one_by_one(name: str, values: list[float], *labels: str) -> dict[str, float]:
+    """prometheus-client's own observe(), one value at a time: what the bulk writes must equal."""
+    reference = Metrics()
+    histogram = reference._families.histograms[name]
+    for value in values:
+        (histogram.labels(*labels) if labels else histogram).observe(value)
+    return _histogram(reference, name)
+
+
+# On a bound, just either side of one, below the first, above the last, and zero.
+_EDGES = [0.0, 0.001, 0.0010001, 0.00099, 0.25, 0.2500001, 86400.0, 86400.5, 1e9, 0.003]
+
+
+def test_webhook_counts_written_at_once_equal_one_by_one() -> None:
+    metrics = Metrics({"infobip": ["default"]})
+    for value in _EDGES:
+        metrics.webhook("infobip", "default", 200, value)
+    # Rendering writes what the process has counted: nothing waits for the next flush.
+    got = _histogram(metrics, "dlr_webhook_ack_seconds")
+    assert got == _observed_one_by_one("dlr_webhook_ack_seconds", _EDGES, "infobip")
+    assert got["_count"] == len(_EDGES)
+    (requests,) = _series(metrics, "dlr_webhook_requests_total").values()
+    assert requests == len(_EDGES)
+    # A second render adds nothing twice.
+    assert _histogram(metrics, "dlr_webhook_ack_seconds") == got
+
+
+def test_many_observations_at_once_equal_one_by_one() -> None:
+    metrics = Metrics()
+    metrics.observe_many("dlr_projection_delay_seconds", [*_EDGES, -3.0])
+    assert _histogram(metrics, "dlr_projection_delay_seconds") == _observed_one_by_one(
+        "dlr_projection_delay_seconds", [*_EDGES, 0.0]
+    )

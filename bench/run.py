@@ -133,7 +133,30 @@ def receiver_env(database_url: str, port: int, *, forward: bool, workers: int) -
         RECEIVER_FORWARD_ALLOW_NETWORKS="127.0.0.0/8",
         RECEIVER_WORKERS=str(workers),
     )
+    env.update(RECEIVER_SETTINGS)
     return env
+
+
+# --set RECEIVER_X=value: the receiver's settings for an experiment, over the bench's own.
+RECEIVER_SETTINGS: dict[str, str] = {}
+
+
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="RECEIVER_NAME=VALUE",
+        help="a receiver setting for this run (repeatable), over the benchmark's own",
+    )
+
+
+def apply_set_option(parser: argparse.ArgumentParser, given: list[str]) -> None:
+    for pair in given:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("RECEIVER_"):
+            parser.error(f"--set takes RECEIVER_NAME=VALUE, not {pair!r}")
+        RECEIVER_SETTINGS[key] = value
 
 
 @contextlib.contextmanager
@@ -590,7 +613,9 @@ def main() -> None:
         action="store_true",
         help="forwarding: one more subscriber, answering after 30 s",
     )
+    add_set_option(parser)
     args = parser.parse_args()
+    apply_set_option(parser, args.set)
     workloads = [WORKLOADS[w] for w in _comma_list(parser, args.workloads, WORKLOADS)]
     kinds = _comma_list(parser, args.servers, SERVERS)
     if args.connections < args.wrk_threads:

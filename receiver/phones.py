@@ -2,6 +2,7 @@
 
 import functools
 import re
+from collections.abc import Iterable
 
 import phonenumbers
 
@@ -46,10 +47,35 @@ def stored(text: str | None) -> str | None:
     return e164(text) or text
 
 
-def spellings(text: str) -> list[str]:
+def national(text: str, region: str) -> str | None:
+    """The E.164 form of a number as dialled inside `region` (ISO 3166: `EE`, `HR`): with
+    `HR`, `098 117 8000` is `+385981178000`. None for what is not a possible number there,
+    and for a number written internationally (`+`, `00`): e164() reads that one."""
+    if not text or len(text) > 40:
+        return None
+    return _national(text, region)
+
+
+@functools.lru_cache(maxsize=4096)
+def _national(text: str, region: str) -> str | None:
+    compact = _SEPARATORS.sub("", text)
+    if compact.startswith(("+", "00")) or not _DIGITS.fullmatch(compact):
+        return None
+    try:
+        number = phonenumbers.parse(compact, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def spellings(text: str, regions: Iterable[str] = ()) -> list[str]:
     """What a search for `text` matches: its E.164 form, and as written (the spellings
-    stored before numbers were normalised: `+3725555555` and Infobip's `3725555555`)."""
-    found = e164(text)
-    if found is None:
+    stored before numbers were normalised: `+3725555555` and Infobip's `3725555555`). A
+    number without its country code is also read as dialled in each of `regions`: `5555555`
+    with `EE` finds `+3725555555` (and a number that is both, `3725555555`, finds both)."""
+    found = {f for f in [e164(text), *(national(text, r) for r in regions)] if f}
+    if not found:
         return [text]
-    return sorted({text, text.strip(), found, found[1:]})
+    return sorted({text, text.strip(), *found, *(f[1:] for f in found)})

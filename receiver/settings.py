@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import phonenumbers
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -159,6 +160,9 @@ class Settings(BaseSettings):
     infobip_poll_interval: float = Field(default=10.0, gt=0)
     forward_allow_networks: Annotated[tuple[str, ...], NoDecode] = ()
     insecure_webhooks: Annotated[tuple[str, ...], NoDecode] = ()
+    # Where a number written without its country code is searched for (ISO 3166 codes, `EE`,
+    # `HR`): support staff type the number as the customer says it, `5555 555` or `098 117`.
+    phone_regions: Annotated[tuple[str, ...], NoDecode] = ()
 
     # Largest request body accepted, in bytes. Infobip's default bucket of 100 reports is far
     # below this; the limit exists so a hostile client cannot make us buffer arbitrary amounts.
@@ -249,6 +253,7 @@ class Settings(BaseSettings):
         "forward_allow_networks",
         "insecure_webhooks",
         "forward_retry_schedule",
+        "phone_regions",
         mode="before",
     )
     @classmethod
@@ -274,6 +279,15 @@ class Settings(BaseSettings):
     def _insecure_providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         _known_providers(value)
         return value
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _phone_regions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        regions = tuple(region.upper() for region in value)
+        unknown = [r for r in regions if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown phone region {unknown[0]!r} (ISO 3166 codes: EE, HR)")
+        return regions
 
 
 def _known_providers(names: Iterable[str]) -> None:

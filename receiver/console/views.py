@@ -191,7 +191,9 @@ async def search(request: web.Request) -> web.Response:
     error = None
     if form:
         try:
-            arguments = messages.search_arguments({**form, "limit": str(_PAGE)})
+            arguments = messages.search_arguments(
+                {**form, "limit": str(_PAGE)}, request.app[SETTINGS].phone_regions
+            )
         except ApiError as exc:
             error = exc.message
         else:

@@ -1,6 +1,6 @@
 """Messages: register sends, read one with its timeline, search them."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -175,15 +175,16 @@ class _SearchQuery(BaseModel):
     )
 )
 async def search_messages(request: web.Request) -> web.Response:
-    arguments = search_arguments(request.query)
+    arguments = search_arguments(request.query, request.app[SETTINGS].phone_regions)
     async with connection(request.app[POOL]) as conn:
         view = await search_view(conn, arguments)
     return model_response(view)
 
 
-def search_arguments(params: Mapping[str, str]) -> dict[str, Any]:
+def search_arguments(params: Mapping[str, str], regions: Sequence[str] = ()) -> dict[str, Any]:
     """GET /v1/messages's query as queries.search_messages's arguments (ApiError for a bad
-    one): the console searches with the same."""
+    one): the console searches with the same. A recipient without its country code is also
+    looked for as dialled in each of `regions` (RECEIVER_PHONE_REGIONS)."""
     query = validated(params, _SearchQuery)
     statuses = None
     if query.status:
@@ -202,7 +203,7 @@ def search_arguments(params: Mapping[str, str]) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise cursors.invalid() from exc
     return {
-        "recipient": phones.spellings(query.recipient) if query.recipient else None,
+        "recipient": phones.spellings(query.recipient, regions) if query.recipient else None,
         "account": query.account,
         "statuses": statuses,
         "provider": query.provider,

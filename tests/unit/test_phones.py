@@ -2,7 +2,7 @@
 
 import pytest
 
-from receiver.phones import e164, spellings, stored
+from receiver.phones import e164, national, spellings, stored
 
 
 @pytest.mark.parametrize(
@@ -41,3 +41,33 @@ def test_what_is_not_an_international_number_is_kept_as_written(text: str) -> No
 
 def test_a_search_also_finds_the_spellings_stored_before_normalising() -> None:
     assert set(spellings("+372 5555555")) >= {"+3725555555", "3725555555"}
+
+
+@pytest.mark.parametrize(
+    ("text", "region", "expected"),
+    [
+        ("098 117 8000", "HR", "+385981178000"),
+        ("0981178000", "HR", "+385981178000"),
+        ("5555 555", "EE", "+3725555555"),
+        ("(0)98-117-8000", "HR", "+385981178000"),
+        # Written internationally: e164() reads it, not the region.
+        ("+385981178000", "EE", None),
+        ("00385981178000", "EE", None),
+        # Not a number, or not one possible there.
+        ("alice@example.com", "HR", None),
+        ("12", "HR", None),
+        ("0" * 41, "HR", None),
+    ],
+)
+def test_a_national_number_is_read_as_dialled_in_its_region(
+    text: str, region: str, expected: str | None
+) -> None:
+    assert national(text, region) == expected
+
+
+def test_a_search_spells_a_national_number_for_every_region() -> None:
+    found = spellings("5555 555", ["EE", "HR"])
+    assert {"+3725555555", "3725555555", "+3855555555", "3855555555"} <= set(found)
+    assert "5555 555" in found
+    # Without regions, as before: no country to give it.
+    assert spellings("5555 555") == ["5555 555"]

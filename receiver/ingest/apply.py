@@ -3,7 +3,7 @@ rules, and write messages, aliases, events and deliveries in one statement."""
 
 import uuid
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,8 +34,7 @@ class Entry:
 async def apply(
     conn: Conn,
     batch: Sequence[tuple[Entry, Sequence[StatusUpdate]]],
-    polled: Collection[tuple[str, str | None]] = (),
-    first_poll_in: float = 30.0,
+    polled: Mapping[tuple[str, str | None], float] | None = None,
 ) -> list[int]:
     """Apply journal entries to the timeline: read the messages they touch with their events,
     run the status rules, then write messages, aliases, events and deliveries in one statement.
@@ -86,8 +85,9 @@ async def apply(
     changes: list[StatusChange] = []
     for key, state in states.items():
         # Scheduled only if the account the message came by polls it (None: registered
-        # without naming an account, the default account's).
-        row, change = state.settle(key, (key[0], state.info["account"]) in polled, recording)
+        # without naming an account, the default account's), after that account's interval.
+        poll_in = (polled or {}).get((key[0], state.info["account"]))
+        row, change = state.settle(key, poll_in, recording)
         if row is not None:
             messages.append(row)
         if change is not None:
@@ -103,7 +103,6 @@ async def apply(
             for (provider, status), count in sorted(unmapped.items())
         ],
         deliveries=[_delivery_row(c) for c in changes],
-        first_poll_in=first_poll_in,
     )
     return new_counts
 
@@ -217,10 +216,10 @@ class _State:
         info["registered"] = info["registered"] or u.registered
 
     def settle(
-        self, key: tuple[str, str], polled: bool, recording: bool
+        self, key: tuple[str, str], poll_in: float | None, recording: bool
     ) -> tuple[queries.MessageRow | None, StatusChange | None]:
         """Rules 3 and 4 over every event; the row to write (None: unchanged) and, when
-        `recording`, the change."""
+        `recording`, the change. `poll_in`: seconds to a new message's first poll, if any."""
         events = _effective(self.events)
         # A report that names no channel (Infobip's WhatsApp and Viber reports) is about the
         # one channel the message is known by, from its registration or an earlier report.
@@ -294,10 +293,10 @@ class _State:
             channel=outcome.channel,
             attempts=jsonb_text(attempts),
             seq=seq,
-            poll=polled and old is None,
             existed=old is not None,
             version=old["version"] if old else 0,
             account=info["account"],
+            poll_in=poll_in if old is None else None,
         )
         return row, change
 

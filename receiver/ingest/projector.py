@@ -11,7 +11,7 @@ rows behind it.
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -76,17 +76,16 @@ class Projector:
         max_updates: int = 5000,
         idle_poll: float = 0.5,
         gather: float = 0.0,
-        # (provider, account) pairs whose new unfinished messages are scheduled for polls.
-        polled: Collection[tuple[str, str | None]] = (),
-        first_poll_in: float = 30.0,
+        # (provider, account) pairs whose new unfinished messages are scheduled for polls,
+        # and the seconds to each one's first poll.
+        polled: Mapping[tuple[str, str | None], float] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
         self._max_updates = max_updates
         self._idle_poll = idle_poll
         self._gather = gather
-        self._polled = frozenset(polled)
-        self._first_poll_in = first_poll_in
+        self._polled = dict(polled or {})
         self._metrics = metrics or Metrics()
         self._wake = asyncio.Event()
         # Set by someone waiting for a row (a registration) or by stop: no gathering then.
@@ -269,7 +268,6 @@ class Projector:
             conn,
             [(row.entry, row.updates or ()) for row in rows],
             self._polled,
-            self._first_poll_in,
         )
 
     async def _poisoned(self, conn: Conn, row: _Row, problem: str) -> None:
@@ -389,19 +387,20 @@ def make_projector(
         # Only what a configured account polls is scheduled: a message nobody will poll
         # must not wait in the poll index (and become `stale`) for nothing.
         polled=polled_accounts(settings),
-        first_poll_in=settings.poll_min_interval,
         metrics=metrics,
     )
 
 
-def polled_accounts(settings: Settings) -> set[tuple[str, str | None]]:
-    """The (provider, account) pairs whose messages are polled one by one. A message with no
-    account (registered without naming one) is the default account's."""
-    pairs: set[tuple[str, str | None]] = set()
-    for provider, name, _ in accounts.polled(settings):
-        pairs.add((provider.name, name))
+def polled_accounts(settings: Settings) -> dict[tuple[str, str | None], float]:
+    """The (provider, account) pairs whose messages are polled one by one, and when each one's
+    new messages are first polled: its own poll_min_interval, else RECEIVER_POLL_MIN_INTERVAL.
+    A message with no account (registered without naming one) is the default account's."""
+    pairs: dict[tuple[str, str | None], float] = {}
+    for provider, name, account in accounts.polled(settings):
+        first = account.poll_min_interval or settings.poll_min_interval
+        pairs[(provider.name, name)] = first
         if name == accounts.DEFAULT:
-            pairs.add((provider.name, None))
+            pairs[(provider.name, None)] = first
     return pairs
 
 

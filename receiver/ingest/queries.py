@@ -356,10 +356,11 @@ class MessageRow(NamedTuple):
     channel: str | None
     attempts: str  # jsonb text
     seq: int
-    poll: bool  # schedule a first poll (a new message of a polled provider)
     existed: bool
     version: int  # the version it was read at
     account: str | None  # the provider account its first report came by (0011)
+    # A new message of a polled account: its first poll this many seconds on (0013).
+    poll_in: float | None
 
 
 class EventRow(NamedTuple):
@@ -435,7 +436,6 @@ async def write_batch(
     events: Sequence[EventRow],
     unmapped: Sequence[UnmappedRow],
     deliveries: Sequence[DeliveryRow],
-    first_poll_in: float,
 ) -> None:
     """Everything a projection batch changes, in one statement.
 
@@ -479,9 +479,10 @@ async def write_batch(
                    case when u.registered then now() end,
                    u.status, u.status_at, u.channel, u.attempts::jsonb, u.seq,
                    -- Only an unfinished message of a polled account is scheduled.
-                   case when u.poll and u.status not in ('delivered', 'read', 'failed',
-                                                         'expired', 'rejected', 'cancelled')
-                        then now() + make_interval(secs => $6) end,
+                   case when u.poll_in is not null
+                         and u.status not in ('delivered', 'read', 'failed', 'expired',
+                                              'rejected', 'cancelled')
+                        then now() + make_interval(secs => u.poll_in) end,
                    u.account
             from u
             where not u.existed
@@ -503,7 +504,7 @@ async def write_batch(
             on conflict (provider, message_key, dedup_key) do nothing
         ), unmapped_in as (
             insert into unmapped as um (provider, provider_status, count)
-            select (x).* from unnest($7::projected_unmapped[]) as x
+            select (x).* from unnest($6::projected_unmapped[]) as x
             on conflict (provider, provider_status) do update
                 set count = um.count + excluded.count, last_seen = now()
         ), changes_in as (
@@ -511,14 +512,14 @@ async def write_batch(
             -- (to a subscription disabled at the time, too). A change is made once per seq.
             insert into status_changes (provider, message_key, seq, status, event_id, payload)
             select c.provider, c.message_key, c.seq, c.status, c.event_id, c.payload::jsonb
-            from (select (c).* from unnest($8::projected_delivery[]) as c) as c
+            from (select (c).* from unnest($7::projected_delivery[]) as c) as c
             on conflict (provider, message_key, seq) do nothing
         ), deliveries_in as (
             insert into deliveries (id, subscription_id, event_id, provider, message_key, seq,
                                     status, payload)
             select gen_random_uuid(), s.id, c.event_id, c.provider, c.message_key, c.seq,
                    c.status, c.payload::jsonb
-            from (select (c).* from unnest($8::projected_delivery[]) as c) as c
+            from (select (c).* from unnest($7::projected_delivery[]) as c) as c
             join subscriptions s
               on s.enabled
              and (s.statuses is null or c.status = any(s.statuses))
@@ -527,7 +528,7 @@ async def write_batch(
             returning 1
         ), notified as (
             -- Wakes the forwarders, once, and only when this commits with something queued.
-            select pg_notify($9, '') from (select 1 from deliveries_in limit 1) as queued
+            select pg_notify($8, '') from (select 1 from deliveries_in limit 1) as queued
         )
         select ingest_check_written(
                    (select count(*) from u),
@@ -540,7 +541,6 @@ async def write_batch(
         [a[1] for a in aliases],
         [a[2] for a in aliases],
         events,
-        first_poll_in,
         unmapped,
         deliveries,
         NOTIFY_CHANNEL,

@@ -117,6 +117,21 @@ _access_sink: LineSink | None = None
 _configured = False
 
 
+# The current second's text, made once a second rather than once a request.
+_second: tuple[int, str] = (-1, "")
+
+
+def utc_now_text() -> str:
+    """Now, as the log lines write it (`2026-12-03T08:19:40.176534Z`, microseconds always):
+    a third of what datetime.now(UTC).isoformat() costs, paid on every request."""
+    global _second
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((now - whole) * 1_000_000):06d}Z"
+
+
 def access(fields: dict[str, Any]) -> None:
     """The one line per request, rendered here rather than by structlog's processor chain
     (on a single-report webhook that chain cost a tenth of the request). Same shape as every
@@ -125,7 +140,7 @@ def access(fields: dict[str, Any]) -> None:
     fields["request_id"] = REQUEST_ID.get()
     if _access_sink is not None:
         fields["level"] = "info"
-        fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        fields["timestamp"] = utc_now_text()
         _access_sink.info(_to_json(fields))
     elif not _configured:
         log.info(fields.pop("event"), **fields)

@@ -3,6 +3,7 @@ never a line cut across two writes."""
 
 import asyncio
 import io
+from datetime import UTC, datetime
 from typing import Any
 
 from receiver import logs
@@ -138,3 +139,16 @@ def test_a_value_that_is_not_unicode_still_renders_as_one_json_line() -> None:
     line = logs._to_json({"event": "http.request", "request_id": "\udcff\udcfe"})
     assert b"\n" not in line
     assert json.loads(line)["event"] == "http.request"
+
+
+def test_the_access_lines_clock_reads_as_iso_utc_and_keeps_up() -> None:
+    before = datetime.now(UTC)
+    texts = [logs.utc_now_text() for _ in range(2000)]
+    after = datetime.now(UTC)
+    for text in (texts[0], texts[-1]):
+        # Always six digits of microseconds and a Z, even on a whole second.
+        assert len(text) == len("2026-12-03T08:19:40.176534Z")
+        assert text.endswith("Z")
+        read = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        assert before.replace(microsecond=0) <= read <= after
+    assert texts == sorted(texts)  # never backwards within a run

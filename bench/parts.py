@@ -80,6 +80,8 @@ def _projector_startup_cpu(env: dict[str, str]) -> float:
     )
     try:
         time.sleep(3)
+        if project.poll() is not None:
+            raise SystemExit(f"python -m receiver project exited ({project.returncode})")
         return run._cpu_seconds([str(project.pid)])[str(project.pid)]
     finally:
         project.terminate()
@@ -132,7 +134,10 @@ def measure(server_url: str, postmaster: int, duration: int) -> dict[str, Any]:
             stderr=subprocess.DEVNULL,
         )
         try:
+            deadline = time.monotonic() + 600
             while asyncio.run(_fetch(database, "select count(*) from events")) < journaled:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the projector did not catch up within 600 s")
                 time.sleep(0.05)
             took = time.monotonic() - started
             projector_cpu = run._cpu_seconds([str(project.pid)])[str(project.pid)]

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -19,6 +20,8 @@ from prometheus_client import (
 )
 
 from receiver.providers import PROVIDERS
+
+log = structlog.get_logger()
 
 # The _created series double every counter and mean nothing for a service restarted whole;
 # multiprocess mode does not have them either, so one process and many read the same.
@@ -117,10 +120,12 @@ class _Tally:
 
     def flush(self) -> None:
         if self.count:
-            self.counter.inc(self.count)
-            _add_observations(self.histogram, self.sum, self.buckets)
+            # Taken first: a write that fails must not count these requests again next time.
+            count, total, buckets = self.count, self.sum, self.buckets
             self.count, self.sum = 0, 0.0
             self.buckets = [0] * (len(_BUCKETS) + 1)
+            self.counter.inc(count)
+            _add_observations(self.histogram, total, buckets)
 
 
 def _add_observations(histogram: Histogram, total: float, buckets: list[int]) -> None:
@@ -184,7 +189,12 @@ class Metrics:
         tally.sum += seconds
         tally.buckets[_bucket(seconds)] += 1
         if time.monotonic() >= self._flush_at:
-            self.flush()
+            try:
+                self.flush()
+            except Exception:
+                # Counting must never cost the request its answer: the counts wait for the
+                # next flush (the tallies were taken before the write that failed).
+                log.exception("metrics.flush_failed")
 
     def flush(self) -> None:
         """Write what this process counted and has not written yet."""
@@ -268,7 +278,10 @@ async def flushing(metrics: Metrics) -> AsyncIterator[None]:
     async def flush_now_and_then() -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
-            metrics.flush()
+            try:
+                metrics.flush()
+            except Exception:  # a full or vanished multiprocess folder: say so, go on
+                log.exception("metrics.flush_failed")
 
     task = asyncio.create_task(flush_now_and_then(), name="metrics-flush")
     try:
@@ -277,4 +290,7 @@ async def flushing(metrics: Metrics) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        metrics.flush()
+        try:
+            metrics.flush()
+        except Exception:
+            log.exception("metrics.flush_failed")

@@ -65,7 +65,9 @@ def _national(text: str, region: str) -> str | None:
         number = phonenumbers.parse(compact, region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_possible_number(number):
+    # Possible as a whole number, not only locally (a US seven-digit number has no area code).
+    possible = phonenumbers.is_possible_number_with_reason(number)
+    if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
@@ -74,7 +76,7 @@ def spellings(text: str, regions: Iterable[str] = ()) -> list[str]:
     """What a search for `text` matches: its E.164 form, and as written (the spellings
     stored before numbers were normalised: `+3725555555` and Infobip's `3725555555`). A
     number without its country code is also read as dialled in each of `regions`: `5555555`
-    with `EE` finds `+3725555555` (and a number that is both, `3725555555`, finds both)."""
+    with `EE` finds `+3725555555`, and with `EE,HR` also `+3855555555`."""
     found = {f for f in [e164(text), *(national(text, r) for r in regions)] if f}
     if not found:
         return [text]

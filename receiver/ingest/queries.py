@@ -336,13 +336,14 @@ async def any_subscription(conn: Conn) -> bool:
 
 
 # The rows a projection batch writes. Each mirrors a composite type of the same shape in
-# sql/migrations/0007_journal.sql (projected_message, ...): a list of them goes to Postgres as
-# one typed array, read back by column name, and the order of fields is said twice, here and
-# there, never again. Named tuples: one is built for every report projected.
+# sql/migrations/0007_journal.sql (projected_event, ...; projected_message_v2 in 0013): a list
+# of them goes to Postgres as one typed array, read back by column name, and the order of
+# fields is said twice, here and there, never again. Named tuples: one is built for every
+# report projected.
 
 
 class MessageRow(NamedTuple):
-    """Mirrors projected_message."""
+    """Mirrors projected_message_v2 (sql/migrations/0013_first_poll_per_account.sql)."""
 
     provider: str
     key: str
@@ -451,7 +452,7 @@ async def write_batch(
     await conn.execute(
         """
         with u as (
-            select (m).* from unnest($1::projected_message[]) as m
+            select (m).* from unnest($1::projected_message_v2[]) as m
         ), messages_updated as (
             -- Stored messages, only at the version the batch computed them from.
             update messages m set

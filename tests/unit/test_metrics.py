@@ -98,3 +98,25 @@ def test_many_observations_at_once_equal_one_by_one() -> None:
     assert _histogram(metrics, "dlr_projection_delay_seconds") == _observed_one_by_one(
         "dlr_projection_delay_seconds", [*_EDGES, 0.0]
     )
+
+
+class _FullDisk:
+    """A counter whose write fails, as a multiprocess file on a full disk would."""
+
+    def inc(self, amount: float = 1) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_failing_write_of_the_counts_never_fails_the_request_nor_counts_twice() -> None:
+    metrics = Metrics({"infobip": ["default"]})
+    metrics.webhook("infobip", "default", 200, 0.001)
+    tally = metrics._webhook[("infobip", "default", 200)]
+    working, tally.counter = tally.counter, _FullDisk()  # type: ignore[assignment]
+    metrics._flush_at = 0.0  # due: this request writes
+    metrics.webhook("infobip", "default", 200, 0.002)  # no exception reaches the request
+    tally.counter = working
+    metrics.webhook("infobip", "default", 200, 0.003)
+    # The two taken by the failed write are lost, not written again: one counted.
+    assert _series(metrics, "dlr_webhook_requests_total") == {
+        (("account", "default"), ("provider", "infobip"), ("status", "200")): 1
+    }

@@ -57,6 +57,8 @@ def test_a_search_also_finds_the_spellings_stored_before_normalising() -> None:
         ("alice@example.com", "HR", None),
         ("12", "HR", None),
         ("0" * 41, "HR", None),
+        # Possible only locally (no area code): not a number anyone can be reached at.
+        ("5555555", "US", None),
     ],
 )
 def test_a_national_number_is_read_as_dialled_in_its_region(

@@ -12,89 +12,31 @@ README, "Where the cost goes": what a second core could add to a drain after a b
 
 import argparse
 import asyncio
+import contextlib
 import subprocess
-import sys
 import time
 
-import asyncpg
-
 from bench import parts, run, wrk_load
-
-# A drain that has not finished by then never will (a report that could not be stored).
-_DRAIN_LIMIT = 600.0
-
-
-async def _count(database: str, table: str) -> int:
-    conn = await asyncpg.connect(database)
-    try:
-        found: int = await conn.fetchval(f"select count(*) from {table}")  # noqa: S608 - ours
-        return found
-    finally:
-        await conn.close()
-
-
-async def _until_projected(databases: list[str], total: int) -> None:
-    """Until the databases hold `total` events, looking every 0.1 s on one connection each
-    (a new connection per look would start a Postgres backend each time, beside the
-    projectors being measured)."""
-    conns = [await asyncpg.connect(database) for database in databases]
-    try:
-        deadline = time.monotonic() + _DRAIN_LIMIT
-        while True:
-            events = [await c.fetchval("select count(*) from events") for c in conns]
-            if sum(events) >= total:
-                return
-            if time.monotonic() > deadline:
-                raise SystemExit(f"not drained after {_DRAIN_LIMIT:.0f} s: {sum(events)}/{total}")
-            await asyncio.sleep(0.1)
-    finally:
-        for conn in conns:
-            await conn.close()
 
 
 def _journal(database: str, duration: int) -> dict[str, str]:
     """Infobip single reports journaled for `duration` s; the projector's environment."""
-    port = run.free_port()
-    env = run.receiver_env(database, port, forward=False, workers=1)
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "receiver", "serve"],
-        env=dict(env, RECEIVER_PROJECT_ENABLED="false"),
-        cwd=run.ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        run.wait_ready(url, "/healthz")
+    with parts.acknowledging(database) as (url, _, env):
         cmd, wrk_env = parts._infobip1(url, duration)
         subprocess.run(cmd, env=wrk_env, capture_output=True, check=True)
-    finally:
-        serve.terminate()
-        serve.wait(timeout=30)
     return env
 
 
 def _drain(lanes: list[tuple[dict[str, str], str]]) -> tuple[int, float]:
     """Reports drained and seconds, one projector per (environment, database), all at once."""
-    total = sum(asyncio.run(_count(database, "journal")) for _, database in lanes)
+    databases = [database for _, database in lanes]
+    total = sum(asyncio.run(parts._fetch(d, "select count(*) from journal")) for d in databases)
     started = time.monotonic()
-    projectors = [
-        subprocess.Popen(
-            [sys.executable, "-m", "receiver", "project"],
-            env=env,
-            cwd=run.ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for env, _ in lanes
-    ]
-    try:
-        asyncio.run(_until_projected([database for _, database in lanes], total))
+    with contextlib.ExitStack() as projectors:
+        for env, _ in lanes:
+            projectors.enter_context(parts.projecting(env))
+        parts.until_projected(databases, total)
         return total, time.monotonic() - started
-    finally:
-        for projector in projectors:
-            projector.terminate()
-            projector.wait(timeout=30)
 
 
 def main() -> None:

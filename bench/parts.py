@@ -17,17 +17,22 @@ Needs a Postgres on this machine (its processes' CPU is read from /proc) and wrk
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 
 from bench import run, wrk_load
 from bench.wrk_load import WORKLOADS
+
+# A drain that has not finished by then never will (a report that could not be stored).
+DRAIN_LIMIT = 600.0
 
 
 async def _fetch(database_url: str, query: str) -> Any:
@@ -36,6 +41,72 @@ async def _fetch(database_url: str, query: str) -> Any:
         return await conn.fetchval(query)
     finally:
         await conn.close()
+
+
+# serve's URL, its process, and the environment a projector of the same database runs with.
+Serving = tuple[str, "subprocess.Popen[bytes]", dict[str, str]]
+
+
+@contextlib.contextmanager
+def acknowledging(database: str) -> Iterator[Serving]:
+    """`serve` on `database` with its projector off, ready: its URL, its process, and the
+    environment a projector of the same database runs with."""
+    port = run.free_port()
+    env = run.receiver_env(database, port, forward=False, workers=1)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "receiver", "serve"],
+        env=dict(env, RECEIVER_PROJECT_ENABLED="false"),
+        cwd=run.ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        run.wait_ready(url, "/healthz")
+        yield url, serve, env
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def projecting(env: dict[str, str]) -> Iterator["subprocess.Popen[bytes]"]:
+    """`python -m receiver project` with `env`, stopped on the way out."""
+    project = subprocess.Popen(
+        [sys.executable, "-m", "receiver", "project"],
+        env=env,
+        cwd=run.ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield project
+    finally:
+        project.terminate()
+        project.wait(timeout=30)
+
+
+def until_projected(databases: list[str], total: int) -> None:
+    """Until the databases hold `total` events together, looking every 50 ms on one connection
+    each (a new connection per look would start a Postgres backend each time, beside the
+    projectors being measured); SystemExit after DRAIN_LIMIT seconds."""
+
+    async def watch() -> None:
+        conns = [await asyncpg.connect(database) for database in databases]
+        try:
+            deadline = time.monotonic() + DRAIN_LIMIT
+            while True:
+                events = sum([await c.fetchval("select count(*) from events") for c in conns])
+                if events >= total:
+                    return
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"not drained after {DRAIN_LIMIT:.0f} s: {events}/{total}")
+                await asyncio.sleep(0.05)
+        finally:
+            for conn in conns:
+                await conn.close()
+
+    asyncio.run(watch())
 
 
 def _infobip1(url: str, duration: int) -> tuple[list[str], dict[str, str]]:
@@ -71,46 +142,22 @@ def _projector_startup_cpu(env: dict[str, str]) -> float:
     """CPU seconds `python -m receiver project` spends starting (imports, pool) and idling for
     a moment, with nothing to project: taken off what catching up costs. Its imports alone
     were a sixth of a catch-up's samples under py-spy."""
-    project = subprocess.Popen(
-        [sys.executable, "-m", "receiver", "project"],
-        env=env,
-        cwd=run.ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with projecting(env) as project:
         time.sleep(3)
         if project.poll() is not None:
             raise SystemExit(f"python -m receiver project exited ({project.returncode})")
         return run._cpu_seconds([str(project.pid)])[str(project.pid)]
-    finally:
-        project.terminate()
-        project.wait(timeout=30)
 
 
 def measure(server_url: str, postmaster: int, duration: int) -> dict[str, Any]:
     with run.scratch_database(server_url) as database:
         pg = run.PgScope(postmaster, database.rsplit("/", 1)[1])
-        port = run.free_port()
-        env = run.receiver_env(database, port, forward=False, workers=1)
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "receiver", "serve"],
-            env=dict(env, RECEIVER_PROJECT_ENABLED="false"),
-            cwd=run.ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            run.wait_ready(url, "/healthz")
+        with acknowledging(database) as (url, serve, env):
             startup = _projector_startup_cpu(env)
             cmd, wrk_env = _infobip1(url, duration)
             before = run.cpu_now(serve.pid, pg)
             ran = subprocess.run(cmd, env=wrk_env, capture_output=True, text=True, check=True)
             after = run.cpu_now(serve.pid, pg)
-        finally:
-            serve.terminate()
-            serve.wait(timeout=30)
         stats = wrk_load.parse(ran.stdout)
         acked = stats["acked_reports"]
         commits = asyncio.run(_fetch(database, "select count(distinct xid) from journal"))
@@ -126,25 +173,11 @@ def measure(server_url: str, postmaster: int, duration: int) -> dict[str, Any]:
         journaled = asyncio.run(_fetch(database, "select count(*) from journal"))
         started = time.monotonic()
         before = run.cpu_now(os.getpid(), pg)
-        project = subprocess.Popen(
-            [sys.executable, "-m", "receiver", "project"],
-            env=env,
-            cwd=run.ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 600
-            while asyncio.run(_fetch(database, "select count(*) from events")) < journaled:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the projector did not catch up within 600 s")
-                time.sleep(0.05)
+        with projecting(env) as project:
+            until_projected([database], journaled)
             took = time.monotonic() - started
             projector_cpu = run._cpu_seconds([str(project.pid)])[str(project.pid)]
             after = run.cpu_now(os.getpid(), pg)
-        finally:
-            project.terminate()
-            project.wait(timeout=30)
         catchup = {
             "reports": journaled,
             "reports_per_s": round(journaled / took),

@@ -10,6 +10,18 @@ import phonenumbers
 _SEPARATORS = re.compile(r"[\s\-./()]+")
 _DIGITS = re.compile(r"\+?[0-9]{6,17}")
 
+# Possible rather than valid: operators open new ranges before the library knows them. An
+# international number may be one possible only locally (phonenumbers' is_possible_number);
+# a national one is read only when it is possible as a whole number (a US seven-digit number
+# has no area code: no one can be reached at it from the country code alone).
+_POSSIBLE = frozenset(
+    {
+        phonenumbers.ValidationResult.IS_POSSIBLE,
+        phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+    }
+)
+_POSSIBLE_WHOLE = frozenset({phonenumbers.ValidationResult.IS_POSSIBLE})
+
 
 def e164(text: str | None) -> str | None:
     """The E.164 form of an international number: `+372 5555 555`, `3725555555` (Infobip
@@ -32,12 +44,17 @@ def _e164(text: str) -> str | None:
         return None
     if not compact.startswith("+"):
         compact = "+" + compact
+    return _formatted(compact, None, _POSSIBLE)
+
+
+def _formatted(compact: str, region: str | None, possible: frozenset[int]) -> str | None:
+    """E.164 of `compact` read in `region` (None: it starts with its +country code), if its
+    possibility is one of `possible`."""
     try:
-        number = phonenumbers.parse(compact, None)
+        number = phonenumbers.parse(compact, region)
     except phonenumbers.NumberParseException:
         return None
-    # Possible rather than valid: operators open new ranges before the library knows them.
-    if not phonenumbers.is_possible_number(number):
+    if phonenumbers.is_possible_number_with_reason(number) not in possible:
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
@@ -61,15 +78,7 @@ def _national(text: str, region: str) -> str | None:
     compact = _SEPARATORS.sub("", text)
     if compact.startswith(("+", "00")) or not _DIGITS.fullmatch(compact):
         return None
-    try:
-        number = phonenumbers.parse(compact, region)
-    except phonenumbers.NumberParseException:
-        return None
-    # Possible as a whole number, not only locally (a US seven-digit number has no area code).
-    possible = phonenumbers.is_possible_number_with_reason(number)
-    if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return _formatted(compact, region, _POSSIBLE_WHOLE)
 
 
 def spellings(text: str, regions: Iterable[str] = ()) -> list[str]:

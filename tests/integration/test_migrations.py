@@ -105,3 +105,28 @@ async def test_deliveries_queued_before_0010_become_its_recorded_status_changes(
         ]
     finally:
         await conn.close()
+
+
+async def test_the_previous_releases_projection_rows_still_fit_after_0013(
+    database_url: str,
+) -> None:
+    """Upgrades migrate first and the previous release projects on meanwhile (README): its
+    rows, laid out as 0011 left projected_message (`poll` a boolean before `existed`), must
+    still go in. 0013 altered that type in place at first, and they no longer did."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("drop schema public cascade; create schema public")
+        await migrate.apply(conn)
+        previous_release_row = (
+            "messente", "m1", "+3725555555", None, None, None, False, "sent", None, "sms",
+            "[]", 1, True, False, 0, None,
+        )  # fmt: skip
+        found = await conn.fetchrow(
+            "select (m).seq, (m).poll, (m).existed, (m).version"
+            " from unnest($1::projected_message[]) as m",
+            [previous_release_row],
+        )
+        assert found is not None
+        assert tuple(found) == (1, True, False, 0)
+    finally:
+        await conn.close()

@@ -17,6 +17,7 @@ from tests.conftest import (
     AUTH,
     MESSENTE_PASSWORD,
     AiohttpClient,
+    eventually,
     make_client,
     make_settings,
     projected,
@@ -104,7 +105,14 @@ async def test_requests_still_waiting_their_turn_when_they_time_out_are_not_writ
     proxy.pause()
     body, headers = report("first")
     first = asyncio.create_task(client.post("/webhooks/messente", data=body, headers=headers))
-    await asyncio.sleep(0.2)  # its write is under way, and stuck
+
+    # Its write gets under way, and stuck (stuck it stays in flight, past its own 503). Waited
+    # for rather than slept on: on a loaded 2-core CI machine 0.2 s was sometimes too short.
+    async def stuck() -> bool:
+        inflight: int = client.app[JOURNAL].inflight
+        return inflight == 1
+
+    await eventually(stuck)
     assert client.app[JOURNAL].inflight == 1
     behind = await asyncio.gather(
         *(client.post("/webhooks/messente", data=b, headers=h) for b, h in map(report, "abcd"))

@@ -1,5 +1,5 @@
 """The receiver taken apart, to see where a single report's cost goes (README, "Where the
-cost goes"). Two measurements on a fresh database each, Infobip single reports by wrk:
+cost goes"). Three measurements on a fresh database each, Infobip single reports by wrk:
 
 noop:    bench.baselines' noop under the same wrk, just before: the ceiling, for the ratio.
 ack:     `serve` with its projector off (RECEIVER_PROJECT_ENABLED=false) under wrk -t1 -c64:
@@ -8,6 +8,11 @@ ack:     `serve` with its projector off (RECEIVER_PROJECT_ENABLED=false) under w
 catchup: what `ack` journaled, then `python -m receiver project` alone draining it: projected
          reports/s and CPU µs per report of the projector process (less what it spends
          starting, measured before the load on the empty journal) and of Postgres.
+together: `serve` as deployed (HTTP worker beside the background process that projects)
+         under the same wrk, after a 2 s warm-up: for the HTTP process, the background
+         process and each one's Postgres backends (told apart by application_name), the cores
+         they ran on and the cores' worth of time they were runnable but waiting for a CPU
+         (/proc/<pid>/schedstat), and the cores nobody used.
 
     RECEIVER_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test .venv/bin/python -m bench.parts
 
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -191,6 +197,84 @@ def measure(server_url: str, postmaster: int, duration: int) -> dict[str, Any]:
     return {"ack": ack, "catchup": catchup}
 
 
+def _schedstat(pid: str) -> tuple[float, float]:
+    """Seconds on a CPU and seconds runnable but waiting for one (the run queue), so far."""
+    try:
+        on_cpu, waiting, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+async def _backends(database: str) -> dict[str, list[str]]:
+    """This database's Postgres backends by application_name ('dlr-receiver serve', ...)."""
+    conn = await asyncpg.connect(database)
+    try:
+        rows = await conn.fetch(
+            "select pid, application_name from pg_stat_activity"
+            " where datname = current_database() and pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row["application_name"] or "?", []).append(str(row["pid"]))
+    return found
+
+
+def together(server_url: str, duration: int) -> dict[str, Any]:
+    """`serve` as deployed (HTTP worker, background process with the projector) under the same
+    wrk: for the HTTP process, the background process and each one's Postgres backends, the
+    cores they ran on and the cores' worth of time they spent runnable but waiting for a CPU;
+    and the cores nobody used. A warm-up of 2 s first, so the pools have their connections."""
+    with run.scratch_database(server_url) as database:
+        port = run.free_port()
+        env = run.receiver_env(database, port, forward=False, workers=1)
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "serve"],
+            env=env,
+            cwd=run.ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            run.wait_ready(url, "/healthz")
+            cmd, wrk_env = _infobip1(url, 2)
+            subprocess.run(cmd, env=wrk_env, capture_output=True, check=True)
+            children = run._server_pids(serve.pid)[1:]
+            roles = {
+                pid: "http" if "serve" in Path(f"/proc/{pid}/cmdline").read_text() else "background"
+                for pid in children
+            }
+            groups = {pid: role for pid, role in roles.items()}
+            for name, pids in asyncio.run(_backends(database)).items():
+                role = "pg_http" if name.endswith(" serve") else "pg_background"
+                groups.update({pid: role for pid in pids})
+            cmd, wrk_env = _infobip1(url, duration)
+            before = {pid: _schedstat(pid) for pid in groups}
+            busy_before, started = run._machine_busy_seconds(), time.monotonic()
+            ran = subprocess.run(cmd, env=wrk_env, capture_output=True, text=True, check=True)
+            wall = time.monotonic() - started
+            idle = 2 * wall - (run._machine_busy_seconds() - busy_before)
+            after = {pid: _schedstat(pid) for pid in groups}
+        finally:
+            serve.terminate()
+            serve.wait(timeout=30)
+    stats = wrk_load.parse(ran.stdout)
+    found: dict[str, Any] = {
+        "reports_per_s": round(stats["acked_reports"] / stats["duration_s"]),
+        "p99_ms": stats["p99_ms"],
+        "idle_cores": round(idle / wall, 2),
+    }
+    for role in ("http", "pg_http", "background", "pg_background"):
+        pids = [pid for pid, r in groups.items() if r == role]
+        on_cpu = sum(after[p][0] - before[p][0] for p in pids)
+        waiting = sum(after[p][1] - before[p][1] for p in pids)
+        found[role] = {"cores": round(on_cpu / wall, 2), "waiting": round(waiting / wall, 2)}
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -206,10 +290,17 @@ def main() -> None:
         for number in range(1, args.runs + 1):
             ceiling = noop(args.duration)
             parts = measure(server_url, postmaster, args.duration)
+            both = together(server_url, args.duration)
             ratio = parts["ack"]["reports_per_s"] / ceiling["reports_per_s"]
             print(
                 json.dumps(
-                    {"run": number, "noop": ceiling, **parts, "ack_of_noop": round(ratio, 2)}
+                    {
+                        "run": number,
+                        "noop": ceiling,
+                        **parts,
+                        "ack_of_noop": round(ratio, 2),
+                        "together": both,
+                    }
                 )
             )
 

@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 from pydantic import SecretStr
 
-from receiver import instants, logs, migrate, serve, startup
+from receiver import db, instants, logs, migrate, serve, startup
 from receiver.embedded import embedded_postgres
 from receiver.forwarding.forwarder import forwarder_running
 from receiver.http.app import background_running
@@ -213,6 +213,7 @@ def _run(args: argparse.Namespace) -> None:
     startup.use_uvloop()
     settings = startup.load_settings()
     logs.configure(settings.log_level)
+    db.application_name = f"dlr-receiver {args.command}"
     sock = None
     if args.command == "serve":
         # Before Postgres starts or migrations run: a taken port says so in a second.

@@ -1,6 +1,7 @@
 """The connection pool, and which database errors are worth a retry (503) rather than a bug."""
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -8,6 +9,8 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 import structlog
+
+from receiver import sched
 
 # What query functions take: a plain connection or one borrowed from the pool. The classes
 # are generic only in asyncpg-stubs, so the alias is spelled out for the type checker alone.
@@ -26,6 +29,30 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+_LOOPBACK = {"127.0.0.1", "::1"}
+
+
+def client_end(peer: object, own: object) -> tuple[bool, int | None]:
+    """From a connection's peer and own socket addresses: whether the server is on this host,
+    and our client port (None over a Unix socket, whose addresses are paths)."""
+    if not isinstance(peer, tuple):  # a Unix socket: the same host
+        return True, None
+    port = own[1] if isinstance(own, tuple) else None
+    return str(peer[0]) in _LOOPBACK, port
+
+
+async def _init_latency_sensitive(conn: asyncpg.Connection, slice_us: int) -> None:
+    """A connection of the HTTP worker: its backend asked for short scheduler slices when on
+    this host (receiver/sched.py says why)."""
+    await _init_connection(conn)
+    transport = conn._transport  # type: ignore[attr-defined]  # asyncpg keeps it private
+    local, port = client_end(
+        transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+    )
+    if local and not sched.shorten_backend_slice(conn.get_server_pid(), port, slice_us * 1000):
+        log.debug("database.slice_unchanged", pid=conn.get_server_pid())
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """What a connection needs on its way back to the pool: nothing beyond what asyncpg does
     anyway (roll back an open transaction).
@@ -38,15 +65,28 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+# What this process's connections are called in pg_stat_activity: `dlr-receiver serve`,
+# `dlr-receiver background`, ... (the command line sets it for the command it runs), so an
+# operator, or the benchmark, can tell the HTTP workers' sessions from the projector's.
+application_name = "dlr-receiver"
+
+
 @asynccontextmanager
-async def open_pool(url: str, size: int) -> AsyncIterator[asyncpg.Pool]:
+async def open_pool(url: str, size: int, *, slice_us: int = 0) -> AsyncIterator[asyncpg.Pool]:
+    """`slice_us`: the scheduler slice asked for this pool's backends (0: left alone)."""
+    # A name given in the URL is the operator's and stays.
+    named = "application_name" in url
+    init = _init_connection
+    if slice_us > 0:
+        init = functools.partial(_init_latency_sensitive, slice_us=slice_us)
     pool = await asyncpg.create_pool(
         url,
         min_size=1,
         max_size=size,
-        init=_init_connection,
+        init=init,
         reset=_keep_session,
         command_timeout=30,
+        server_settings=None if named else {"application_name": application_name},
     )
     try:
         await pool.fetchval("select 1")

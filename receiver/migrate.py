@@ -86,12 +86,19 @@ async def apply(
 
 
 @asynccontextmanager
-async def migrated_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+async def migrated_pool(
+    settings: Settings, *, latency_sensitive: bool = False
+) -> AsyncIterator[asyncpg.Pool]:
     """The database pool every command and the app use: opened, pinged, and the schema
-    migrated before anyone borrows from it."""
+    migrated before anyone borrows from it. `latency_sensitive` (the HTTP workers'): its
+    backends ask for short scheduler slices (RECEIVER_DB_SESSION_SLICE_US)."""
     if settings.database_url is None:
         raise ValueError("a pool needs settings.database_url (start the embedded one first)")
-    async with open_pool(settings.database_url.get_secret_value(), settings.db_pool_size) as pool:
+    async with open_pool(
+        settings.database_url.get_secret_value(),
+        settings.db_pool_size,
+        slice_us=settings.db_session_slice_us if latency_sensitive else 0,
+    ) as pool:
         async with pool.acquire() as conn:
             await apply(conn)
         yield pool

@@ -188,6 +188,10 @@ class Settings(BaseSettings):
     # seconds with 202 (journaled, durable, not yet projected).
     registration_wait: float = Field(default=10.0, gt=0)
     db_pool_size: int = Field(default=10, gt=1)
+    # The scheduler slice, in µs, that the HTTP workers ask for their Postgres backends where
+    # Postgres runs on this host and the system allows it (receiver/sched.py); 0 leaves them
+    # alone. Linux takes 100-100000.
+    db_session_slice_us: int = Field(default=100, ge=0, le=100_000)
 
     # Retention: messages nobody has touched for this many days are deleted with their events,
     # then receipts and settled deliveries as old. None keeps everything. At least a day: a

@@ -123,7 +123,7 @@ async def _metrics(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    async with migrated_pool(app[SETTINGS]) as pool:
+    async with migrated_pool(app[SETTINGS], latency_sensitive=True) as pool:
         app[POOL] = pool
         yield
 

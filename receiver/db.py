@@ -3,6 +3,8 @@
 import asyncio
 import functools
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeAlias
@@ -30,6 +32,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 _LOOPBACK = {"127.0.0.1", "::1"}
+# struct ucred: pid, uid, gid.
+_UCRED = struct.Struct("iII")
 
 
 def client_end(peer: object, own: object) -> tuple[bool, int | None]:
@@ -41,6 +45,20 @@ def client_end(peer: object, own: object) -> tuple[bool, int | None]:
     return str(peer[0]) in _LOOPBACK, port
 
 
+def peer_pid(sock: object) -> int | None:
+    """The pid at the other end of a Unix socket (SO_PEERCRED: the process that listened, for
+    a client's socket), or None."""
+    getsockopt = getattr(sock, "getsockopt", None)  # asyncio's TransportSocket, or None
+    if getsockopt is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        raw = getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except OSError:
+        return None
+    pid: int = _UCRED.unpack(raw)[0]
+    return pid or None
+
+
 async def _init_latency_sensitive(conn: asyncpg.Connection, slice_us: int) -> None:
     """A connection of the HTTP worker: its backend asked for short scheduler slices when on
     this host (receiver/sched.py says why)."""
@@ -49,8 +67,18 @@ async def _init_latency_sensitive(conn: asyncpg.Connection, slice_us: int) -> No
     local, port = client_end(
         transport.get_extra_info("peername"), transport.get_extra_info("sockname")
     )
-    if local and not sched.shorten_backend_slice(conn.get_server_pid(), port, slice_us * 1000):
-        log.debug("database.slice_unchanged", pid=conn.get_server_pid())
+    if not local:
+        return
+    pid, nanoseconds = conn.get_server_pid(), slice_us * 1000
+    if port is not None:
+        changed = sched.shorten_backend_slice(pid, nanoseconds, client_port=port)
+    else:
+        server = peer_pid(transport.get_extra_info("socket"))
+        changed = server is not None and sched.shorten_backend_slice(
+            pid, nanoseconds, server=server
+        )
+    if not changed:
+        log.debug("database.slice_unchanged", pid=pid)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

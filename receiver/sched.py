@@ -13,7 +13,12 @@ at once. Its share of the CPU is unchanged: only when it runs.
 Changing another process's scheduling needs the same user (the embedded Postgres) or
 CAP_SYS_NICE; without either, or on an older kernel, or where the server is on another host,
 nothing is changed. A pid is only touched once it is known to be this connection's backend:
-a postgres process whose title names this connection's own client port.
+over TCP, a postgres process whose title names this connection's own client port; over a Unix
+socket, where titles only say `[local]`, a postgres process forked by the process at the
+other end of this connection's socket (its SO_PEERCRED pid: the postmaster that accepted it).
+The pid itself is the one the server announced on this connection (BackendKeyData); the checks
+are there for what may sit between (a pooler announces pids of its own, which are nobody's
+backends here).
 """
 
 import ctypes
@@ -69,21 +74,47 @@ def set_slice(pid: int, nanoseconds: int) -> bool:
     return result == 0
 
 
-def is_backend_of(pid: int, client_port: int | None) -> bool:
-    """Whether `pid` is, on this host, the Postgres backend serving our connection from
-    `client_port` (None: over a Unix socket). Its title reads like
-    `postgres: 15/main: user db 127.0.0.1(52438) idle` ('[local]' for a Unix socket)."""
+def _backend_title(pid: int) -> str | None:
+    """The process title of `pid` if it is a Postgres process, else None."""
     try:
         if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
-            return False
+            return None
         title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (OSError, UnicodeDecodeError):
-        return False
-    if not title.startswith("postgres:"):
-        return False
-    return ("[local]" if client_port is None else f"({client_port})") in title
+        return None
+    return title if title.startswith("postgres:") else None
 
 
-def shorten_backend_slice(pid: int, client_port: int | None, nanoseconds: int) -> bool:
-    """`set_slice` for our connection's backend, checked to be it first."""
-    return os.getpid() != pid and is_backend_of(pid, client_port) and set_slice(pid, nanoseconds)
+def _parent(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    return None
+
+
+def is_backend_of(pid: int, *, client_port: int | None = None, server: int | None = None) -> bool:
+    """Whether `pid` is, on this host, the Postgres backend serving our connection: over TCP
+    from `client_port` (its title reads `postgres: 15/main: user db 127.0.0.1(52438) idle`),
+    over a Unix socket one forked by `server`, the pid at the socket's other end (its title
+    reads `... [local] idle`). Exactly one of the two is given."""
+    title = _backend_title(pid)
+    if title is None or (client_port is None) == (server is None):
+        return False
+    if client_port is not None:
+        return f"({client_port})" in title
+    return "[local]" in title and _parent(pid) == server
+
+
+def shorten_backend_slice(
+    pid: int, nanoseconds: int, *, client_port: int | None = None, server: int | None = None
+) -> bool:
+    """`set_slice` for our connection's backend, checked to be it first (`is_backend_of`)."""
+    return (
+        os.getpid() != pid
+        and is_backend_of(pid, client_port=client_port, server=server)
+        and set_slice(pid, nanoseconds)
+    )

@@ -2,12 +2,13 @@
 nothing but our own connection's backend is ever touched."""
 
 import os
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from receiver import sched
-from receiver.db import client_end, open_pool
+from receiver.db import client_end, open_pool, peer_pid
 
 pytestmark = pytest.mark.skipif(
     sched.slice_ns(os.getpid()) is None, reason="no custom scheduler slices on this kernel"
@@ -33,7 +34,21 @@ async def test_a_latency_sensitive_pool_shortens_its_backends_slices(database_ur
         assert sched.slice_ns(ordinary_pid) != 250_000
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"PPid:\t{pid}\n" in (entry / "status").read_text():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 async def test_only_our_own_backend_is_touched(database_url: str) -> None:
+    """Over TCP the backend's title names our client port; over a Unix socket (the embedded
+    server) it only says [local], and the backend must be a child of the process at our
+    socket's other end. The test runs whichever way the test database is reached."""
     mine = await asyncpg.connect(database_url)
     other = await asyncpg.connect(database_url)
     try:
@@ -46,14 +61,36 @@ async def test_only_our_own_backend_is_touched(database_url: str) -> None:
             transport.get_extra_info("peername"), transport.get_extra_info("sockname")
         )
         assert local
-        # Another connection's backend, named with this connection's port: refused.
-        assert not sched.shorten_backend_slice(other_pid, port, 300_000)
-        assert sched.slice_ns(other_pid) == before
-        # Nor a process that is not Postgres at all (this one), whatever port is named.
-        assert not sched.is_backend_of(os.getpid(), port)
-        assert not sched.is_backend_of(2**22 + 12345, port)  # no such pid
-        # Its own backend, named with its own port: changed.
-        assert sched.shorten_backend_slice(pid, port, 300_000)
+        if port is not None:
+            ours = {"client_port": port}
+            # Another connection's backend, named with this connection's port: refused.
+            assert not sched.shorten_backend_slice(other_pid, 300_000, client_port=port)
+            assert sched.slice_ns(other_pid) == before
+        else:
+            server = peer_pid(transport.get_extra_info("socket"))
+            assert server is not None
+            assert server != pid
+            ours = {"server": server}
+            # A backend is only taken for one of the server at the other end of the socket.
+            assert not sched.shorten_backend_slice(other_pid, 300_000, server=os.getppid())
+            assert sched.slice_ns(other_pid) == before
+            # The server's own helpers (checkpointer, walwriter) serve no client: refused.
+            helpers = [
+                child
+                for child in _children(server)
+                if child not in (pid, other_pid) and not sched.is_backend_of(child, server=server)
+            ]
+            assert helpers, "a Postgres server has helper processes"
+            for helper in helpers:
+                assert not sched.shorten_backend_slice(helper, 300_000, server=server)
+        # Nor a process that is not Postgres at all (this one), nor a pid that is nobody's.
+        assert not sched.is_backend_of(os.getpid(), **ours)
+        assert not sched.is_backend_of(2**22 + 12345, **ours)
+        # Neither way of naming the connection, or both at once: refused.
+        assert not sched.is_backend_of(pid)
+        assert not sched.is_backend_of(pid, client_port=1, server=1)
+        # Its own backend, named the way its connection is: changed.
+        assert sched.shorten_backend_slice(pid, 300_000, **ours)
         assert sched.slice_ns(pid) == 300_000
     finally:
         await mine.close()

@@ -34,14 +34,17 @@ async def test_a_latency_sensitive_pool_shortens_its_backends_slices(database_ur
         assert sched.slice_ns(ordinary_pid) != 250_000
 
 
-def _children(pid: int) -> list[int]:
+def _children(pid: int, *, serving_clients: bool) -> list[int]:
+    """`pid`'s child processes whose titles do or do not say they serve a `[local]` client."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and f"PPid:\t{pid}\n" in (entry / "status").read_text():
+            if not entry.name.isdigit() or f"PPid:\t{pid}\n" not in (entry / "status").read_text():
+                continue
+            if (b"[local]" in (entry / "cmdline").read_bytes()) == serving_clients:
                 found.append(int(entry.name))
         except OSError:
-            continue
+            continue  # gone meanwhile
     return found
 
 
@@ -71,15 +74,14 @@ async def test_only_our_own_backend_is_touched(database_url: str) -> None:
             assert server is not None
             assert server != pid
             ours = {"server": server}
+            # Both sessions' backends are that server's children, and say [local].
+            assert {pid, other_pid} <= set(_children(server, serving_clients=True))
             # A backend is only taken for one of the server at the other end of the socket.
             assert not sched.shorten_backend_slice(other_pid, 300_000, server=os.getppid())
             assert sched.slice_ns(other_pid) == before
             # The server's own helpers (checkpointer, walwriter) serve no client: refused.
-            helpers = [
-                child
-                for child in _children(server)
-                if child not in (pid, other_pid) and not sched.is_backend_of(child, server=server)
-            ]
+            # Told apart here by their titles, not by the function under test.
+            helpers = _children(server, serving_clients=False)
             assert helpers, "a Postgres server has helper processes"
             for helper in helpers:
                 assert not sched.shorten_backend_slice(helper, 300_000, server=server)
